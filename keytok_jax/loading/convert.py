@@ -1,0 +1,75 @@
+"""Turn a :class:`TensorSource` into the Flax parameter tree of a port, without ever creating
+random weights: the target shapes come from ``jax.eval_shape`` of the module's init."""
+from __future__ import annotations
+
+import re
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from ..models import DecoderConfig, build_module
+from .name_maps import NAME_MAPS, Entry
+from .sources import TensorSource, WeightError
+
+# Buffers that some checkpoints carry and no port needs (causal-mask and rotary caches).
+_IGNORED = re.compile(r"(\.attn\.(masked_)?bias|\.attention\.(masked_)?bias|rotary_emb\.inv_freq)$")
+
+NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def abstract_variables(cfg: DecoderConfig, dtype):
+    """Boxed (logically partitioned) abstract parameters of the port."""
+    module = build_module(cfg, dtype)
+    ids = jnp.zeros((1, 4), jnp.int32)
+    return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, ids, method=module.init_all))["params"]
+
+
+def abstract_params(cfg: DecoderConfig, dtype) -> dict:
+    return nn.unbox(abstract_variables(cfg, dtype))
+
+
+def _read(source: TensorSource, entry: Entry, name: str) -> np.ndarray:
+    if name not in source:
+        raise source.missing(name, f" (needed for parameter {entry.path})")
+    value = source.get(name)
+    return entry.hook(value) if entry.hook else value
+
+
+def convert(cfg: DecoderConfig, source: TensorSource, dtype: str = "float32") -> dict:
+    """Read, transform, stack and check every parameter; returns a nested dict of numpy arrays."""
+    np_dtype = NP_DTYPES[dtype]
+    expected = {"/".join(k): v for k, v in flatten_dict(abstract_params(cfg, jnp.dtype(np_dtype))).items()}
+    entries = NAME_MAPS[cfg.family](cfg)
+    out, used = {}, set()
+    for entry in entries:
+        if entry.path not in expected:
+            raise AssertionError(f"name map of {cfg.family} names unknown parameter {entry.path}")
+        if entry.stacked:
+            names = [entry.hf_name.format(i=i) for i in range(cfg.num_layers)]
+            value = np.stack([_read(source, entry, n) for n in names])
+        else:
+            names = [entry.hf_name]
+            value = _read(source, entry, entry.hf_name)
+        want = expected[entry.path].shape
+        if tuple(value.shape) != tuple(want):
+            shown = names[0] if len(names) == 1 else entry.hf_name
+            raise WeightError(
+                f"shape mismatch for tensor {shown!r} in {source.file_of(names[0])}: "
+                f"got {tuple(value.shape)}{' per layer' if entry.stacked else ''} after conversion, "
+                f"the config implies {tuple(want)} for parameter {entry.path}")
+        out[entry.path] = np.asarray(value, dtype=np_dtype)
+        used.update(names)
+    missing = sorted(set(expected) - set(out))
+    if missing:
+        raise AssertionError(f"name map of {cfg.family} leaves parameters unset: {missing}")
+    unused = [n for n in source.names() if n not in used and not _IGNORED.search(n)
+              and not (cfg.tie_word_embeddings and n == "lm_head.weight")]
+    if unused:
+        warnings.warn(f"{len(unused)} tensor(s) in {source.file_of(unused[0])} not used by the "
+                      f"{cfg.model_type} port: {unused[:5]}", stacklevel=2)
+    return unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})

@@ -1,0 +1,48 @@
+"""Flax ports of decoder LMs, one file per family; ``FAMILIES`` maps HF ``model_type`` to a port."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .config import DecoderConfig, RopeConfig, UnsupportedConfigError
+from .decoder import Decoder
+from . import llama
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    module: type[Decoder]
+    config_from_hf: Callable
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(model_types, family: Family):
+    for mt in model_types:
+        FAMILIES[mt] = family
+
+
+register(llama.MODEL_TYPES, Family("llama", llama.Llama, llama.config_from_hf))
+
+
+def family_for(model_type: str) -> Family:
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        raise UnsupportedConfigError(
+            f"unknown architecture model_type={model_type!r}; keytok_jax supports: "
+            f"{', '.join(sorted(FAMILIES))}") from None
+
+
+def config_from_hf(hf) -> DecoderConfig:
+    return family_for(hf.model_type).config_from_hf(hf)
+
+
+def build_module(cfg: DecoderConfig, dtype, causal: bool = True, all_layers: bool = False) -> Decoder:
+    return FAMILIES[cfg.model_type].module(cfg, dtype=dtype, causal=causal, all_layers=all_layers)
+
+
+__all__ = ["DecoderConfig", "RopeConfig", "UnsupportedConfigError", "FAMILIES", "family_for",
+           "config_from_hf", "build_module"]

@@ -1,0 +1,213 @@
+"""Layers shared by every family: norms, rotary embeddings, masks, attention, MLPs.
+
+Parameters carry logical axis names (see ``keytok_jax/sharding.py`` for the one table that maps
+them to mesh axes). Norms, softmax and rotary tables are computed in float32 whatever the
+parameter dtype, as transformers does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import DecoderConfig, RopeConfig
+
+Dtype = Any
+_init = nn.initializers.normal(0.02)
+
+
+def logical(init, names):
+    return nn.with_logical_partitioning(init, names)
+
+
+def dense(features: int, use_bias: bool, names: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
+    """A Linear layer; kernel is [in, out] (transformers stores [out, in])."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=dtype, name=name,
+                    kernel_init=logical(_init, names),
+                    bias_init=logical(nn.initializers.zeros_init(), names[-1:]))
+
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Dtype = jnp.float32
+    gemma: bool = False   # Gemma stores (weight - 1) and multiplies before the cast back
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.zeros_init() if self.gemma else nn.initializers.ones_init()
+        scale = self.param("scale", logical(init, ("norm",)), (x.shape[-1],), self.dtype)
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        if self.gemma:
+            return (h * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+        return scale * h.astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    eps: float
+    dtype: Dtype = jnp.float32
+    affine: bool = True
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        h = x.astype(jnp.float32)
+        mean = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.affine:
+            d = x.shape[-1]
+            h = h * self.param("scale", logical(nn.initializers.ones_init(), ("norm",)), (d,), self.dtype)
+            if self.use_bias:
+                h = h + self.param("bias", logical(nn.initializers.zeros_init(), ("norm",)), (d,), self.dtype)
+        return h.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- positions
+
+def positions_from_mask(valid):
+    """Position of each token counted from the first real token; padding gets 0 (never attended)."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def rope_inv_freq(rope: RopeConfig) -> np.ndarray:
+    """Inverse frequencies in float32, computed as transformers computes them."""
+    dim = rope.rotary_dim
+    exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv = (np.float32(1.0) / (np.float32(rope.theta) ** exponent)).astype(np.float32)
+    if rope.kind == "linear":
+        inv = inv / np.float32(rope.factor)
+    elif rope.kind == "llama3":
+        old = rope.original_max_positions
+        low_wavelen = old / rope.low_freq_factor
+        high_wavelen = old / rope.high_freq_factor
+        wavelen = 2 * np.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / rope.factor, inv)
+        smooth = (old / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv
+
+
+def rope_table(rope: RopeConfig, positions):
+    """(cos, sin), each [batch, seq, rotary_dim], float32."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(rope))
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the first rotary_dim dims of each head (x: [batch, seq, heads, head_dim])."""
+    rd = cos.shape[-1]
+    rot, rest = x[..., :rd], x[..., rd:]
+    x1, x2 = rot[..., : rd // 2], rot[..., rd // 2:]
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+    rotated = rot * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+    return jnp.concatenate([rotated, rest], axis=-1) if rest.shape[-1] else rotated
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention_mask(positions, valid, causal: bool, window):
+    """Boolean [batch, 1, q, k]: key is real, and (causal) not in the future, and inside the window.
+
+    ``window`` may be a traced per-layer scalar; 0 means full attention. Distances use positions,
+    not indices, so left and right padding give the same masks for the real tokens.
+    """
+    diff = positions[:, :, None] - positions[:, None, :]
+    allowed = valid[:, None, :].astype(bool)
+    if causal:
+        allowed = allowed & (diff >= 0)
+        in_window = diff < window
+    else:
+        in_window = jnp.abs(diff) < window
+    allowed = allowed & ((window <= 0) | in_window)
+    return allowed[:, None]
+
+
+def attend(q, k, v, mask, scale: float, softcap: float | None = None):
+    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,1,T,S] → [B,T,H,hd]."""
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    if softcap:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, hd)
+
+
+class Attention(nn.Module):
+    cfg: DecoderConfig
+    dtype: Dtype = jnp.float32
+    qk_norm: bool = False   # Gemma3
+
+    @nn.compact
+    def __call__(self, x, mask, rope=None):
+        cfg = self.cfg
+        b, t, _ = x.shape
+        hd = cfg.head_dim
+        q = dense(cfg.num_heads * hd, cfg.qkv_bias, ("embed", "heads"), self.dtype, "q")(x)
+        k = dense(cfg.num_kv_heads * hd, cfg.qkv_bias, ("embed", "kv_heads"), self.dtype, "k")(x)
+        v = dense(cfg.num_kv_heads * hd, cfg.qkv_bias, ("embed", "kv_heads"), self.dtype, "v")(x)
+        q = q.reshape(b, t, cfg.num_heads, hd)
+        k = k.reshape(b, t, cfg.num_kv_heads, hd)
+        v = v.reshape(b, t, cfg.num_kv_heads, hd)
+        if self.qk_norm:
+            q = RMSNorm(cfg.norm_eps, self.dtype, gemma=True, name="q_norm")(q)
+            k = RMSNorm(cfg.norm_eps, self.dtype, gemma=True, name="k_norm")(k)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        scale = cfg.attn_scale if cfg.attn_scale is not None else hd ** -0.5
+        out = attend(q, k, v, mask, scale, cfg.attn_softcap)
+        return dense(cfg.hidden_size, cfg.out_bias, ("heads", "embed"), self.dtype, "o")(
+            out.reshape(b, t, cfg.num_heads * hd))
+
+
+class MLP(nn.Module):
+    """fc_in → activation → fc_out (GPT-2, GPT-Neo, OPT, GPT-NeoX)."""
+    cfg: DecoderConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        h = dense(cfg.intermediate_size, cfg.mlp_bias, ("embed", "mlp"), self.dtype, "fc_in")(x)
+        h = ACTIVATIONS[cfg.activation](h)
+        return dense(cfg.hidden_size, cfg.mlp_bias, ("mlp", "embed"), self.dtype, "fc_out")(h)
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU (Llama) or GeGLU (Gemma)."""
+    cfg: DecoderConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        gate = dense(cfg.intermediate_size, cfg.mlp_bias, ("embed", "mlp"), self.dtype, "gate")(x)
+        up = dense(cfg.intermediate_size, cfg.mlp_bias, ("embed", "mlp"), self.dtype, "up")(x)
+        return dense(cfg.hidden_size, cfg.mlp_bias, ("mlp", "embed"), self.dtype, "down")(
+            ACTIVATIONS[cfg.activation](gate) * up)
+
+
+def embed(num: int, dim: int, dtype: Dtype, name: str, names=("vocab", "embed")) -> nn.Embed:
+    return nn.Embed(num, dim, dtype=dtype, param_dtype=dtype, name=name, embedding_init=logical(_init, names))

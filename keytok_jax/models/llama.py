@@ -1,0 +1,65 @@
+"""Llama family: Llama 1-3 (rope scaling: linear, llama3), Mistral (sliding window), Qwen2
+(q/k/v biases, per-layer sliding windows). RMSNorm, rotary, GQA/MQA, SwiGLU."""
+from __future__ import annotations
+
+import flax.linen as nn
+
+from .config import DecoderConfig, UnsupportedConfigError, refuse_unless, rope_from_hf
+from .decoder import Block, Decoder
+from .layers import Attention, GatedMLP, RMSNorm, attention_mask
+
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _sliding_windows(hf, n_layers: int) -> tuple[int, ...]:
+    window = getattr(hf, "sliding_window", None) or 0
+    layer_types = getattr(hf, "layer_types", None)
+    if hf.model_type == "qwen2":
+        if not layer_types:
+            return (0,) * n_layers
+        return tuple(window if kind == "sliding_attention" else 0 for kind in layer_types)
+    if layer_types and any(k not in ("full_attention", "sliding_attention") for k in layer_types):
+        raise UnsupportedConfigError(f"{hf.model_type}: layer_types {set(layer_types)} not implemented")
+    return (window,) * n_layers if hf.model_type == "mistral" else (0,) * n_layers
+
+
+def config_from_hf(hf) -> DecoderConfig:
+    family = hf.model_type
+    refuse_unless(hf, {"hidden_act": ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh")}, family)
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    bias = bool(getattr(hf, "attention_bias", False))
+    qkv_bias = True if family == "qwen2" else bias
+    return DecoderConfig(
+        family="llama", model_type=family,
+        vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
+        head_dim=head_dim, intermediate_size=hf.intermediate_size, norm_eps=hf.rms_norm_eps,
+        activation=hf.hidden_act, tie_word_embeddings=bool(hf.tie_word_embeddings),
+        max_positions=hf.max_position_embeddings,
+        qkv_bias=qkv_bias, out_bias=bias, mlp_bias=bool(getattr(hf, "mlp_bias", False)),
+        layer_windows=_sliding_windows(hf, hf.num_hidden_layers),
+        rope=rope_from_hf(hf, head_dim, family),
+    )
+
+
+class LlamaBlock(Block):
+    @nn.compact
+    def __call__(self, hidden, positions, valid, rope, layer):
+        cfg, dt = self.cfg, self.dtype
+        mask = attention_mask(positions, valid, self.causal, layer["window"])
+        h = RMSNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
+        hidden = hidden + Attention(cfg, dt, name="attn")(h, mask, self.layer_rope(rope, layer))
+        h = RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(hidden)
+        hidden = hidden + GatedMLP(cfg, dt, name="mlp")(h)
+        return self.out(hidden)
+
+
+class Llama(Decoder):
+    Block = LlamaBlock
+
+    def setup_family(self):
+        self.final_norm = RMSNorm(self.cfg.norm_eps, self.dtype, name="final_norm")
+
+    def finish(self, hidden):
+        return self.final_norm(hidden)

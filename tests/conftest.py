@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("KEYTOK_JAX_TEST_COMPILE_CACHE", str(Path.home() / ".cache/keytok_jax/jit-tests")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SMOLLM2_DIR = SHARED / "models" / "smollm2-135m-instruct"
+SMOLLM2_GGUF = SMOLLM2_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def shared_or_skip(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not found: ../shared (datasets and models) is absent in this clone")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_param_cache(tmp_path_factory, monkeypatch):
+    # Converted-parameter caches of one test never leak into another.
+    monkeypatch.setenv("KEYTOK_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "param-cache"))
