@@ -28,7 +28,12 @@ def make_hf_model(config, seed: int = 0, cls=transformers.AutoModelForCausalLM):
 
 
 def save(model, folder, safe: bool = True):
-    model.save_pretrained(folder, safe_serialization=safe) if not safe else model.save_pretrained(folder)
+    """save_pretrained (safetensors); with ``safe=False`` the weights go to pytorch_model.bin
+    instead (transformers 5 no longer writes .bin itself)."""
+    model.save_pretrained(folder)
+    if not safe:
+        (folder / "model.safetensors").unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
     return folder
 
 
