@@ -101,54 +101,70 @@ def _check_beside(meta: dict, hf, path: Path):
                               f"metadata says {meta[key]}")
 
 
+_BESIDE = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+           "merges.txt", "special_tokens_map.json")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index_name).exists():
+            weight_map = json.loads((folder / index_name).read_text())["weight_map"]
+            return [folder / index_name] + [folder / f for f in sorted(set(weight_map.values()))
+                                            if (folder / f).exists()]
+    return [f for f in (folder / "model.safetensors", folder / "pytorch_model.bin") if f.exists()]
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache: bool = True) -> KeytokModel:
     """Load a decoder LM as a :class:`KeytokModel`.
 
     ``name_or_path``: the alias ``smollm2-135m``, a Hugging Face folder (config.json +
     safetensors / pytorch_model.bin, single or sharded), a ``.gguf`` file (or a folder holding one),
-    or a hub id. ``dtype``: ``float32`` or ``bfloat16``.
+    or a hub id. ``dtype``: ``float32`` or ``bfloat16``. ``cache``: reuse / store the converted
+    parameters (see :mod:`keytok_jax.loading.cache`).
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     t0 = time.perf_counter()
     path = resolve(name_or_path)
     gguf_path = _gguf_file(path)
-    if gguf_path is not None:
-        reader = open_reader(gguf_path)
-        meta = hf_config_dict(reader, gguf_path)
-        beside = gguf_path.parent
-        if (beside / "config.json").exists():
-            hf = _hf_config(beside)
-            _check_beside(meta, hf, gguf_path)
-        else:
-            hf = _hf_config(meta)
-        tokenizer = _tokenizer(beside) or gguf_tokenizer(gguf_path, reader)
-        source_factory = lambda: GGUFSource(gguf_path, reader, meta)  # noqa: E731
-        files = [gguf_path]
-    else:
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} has no config.json (nor a .gguf file)")
-        hf = _hf_config(path)
-        tokenizer = _tokenizer(path)
-        source = folder_source(path)
-        source_factory = lambda: source  # noqa: E731
-        files = source.files
-    cfg = config_from_hf(hf)
-    key = param_cache.cache_key(files, dtype, repr(cfg))
-    abstract = abstract_params(cfg, jnp.dtype(NP_DTYPES[dtype]))
-    params, cached = None, False
-    if cache:
+    folder = gguf_path.parent if gguf_path is not None else path
+    if gguf_path is None and not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{path} has no config.json (nor a .gguf file)")
+    files = ([gguf_path] if gguf_path is not None else _weight_files(folder))
+    files += [folder / f for f in _BESIDE if (folder / f).exists()]
+    key = param_cache.cache_key(files, dtype)
+    hit = param_cache.lookup(key) if cache else None
+    params, from_cache = None, False
+    if hit is not None:
+        hf = _hf_config(hit["hf_config"])
+        tokenizer = _tokenizer(param_cache.entry(key) / "tokenizer") if hit["tokenizer"] else None
+        cfg = config_from_hf(hf)
         try:
-            params = param_cache.restore(key, abstract)
-            cached = params is not None
+            params = param_cache.restore(key, abstract_params(cfg, jnp.dtype(NP_DTYPES[dtype])))
+            from_cache = True
         except Exception as e:  # a damaged cache entry is rebuilt, never trusted
             log.warning("ignoring unreadable parameter cache %s: %s", key, e)
     if params is None:
-        params = jax.tree.map(jnp.asarray, convert(cfg, source_factory(), dtype))
+        if gguf_path is not None:
+            reader = open_reader(gguf_path)
+            meta = hf_config_dict(reader, gguf_path)
+            if (folder / "config.json").exists():
+                hf = _hf_config(folder)
+                _check_beside(meta, hf, gguf_path)
+            else:
+                hf = _hf_config(meta)
+            tokenizer = _tokenizer(folder) or gguf_tokenizer(gguf_path, reader)
+            source = GGUFSource(gguf_path, reader, meta)
+        else:
+            hf = _hf_config(folder)
+            tokenizer = _tokenizer(folder)
+            source = folder_source(folder)
+        cfg = config_from_hf(hf)
+        params = jax.tree.map(jnp.asarray, convert(cfg, source, dtype))
         if cache:
-            param_cache.save(key, params)
-    info = {"seconds": time.perf_counter() - t0, "from_cache": cached, "cache_key": key,
-            "files": [str(f) for f in files]}
+            param_cache.save(key, params, hf.to_dict(), tokenizer)
+    info = {"seconds": time.perf_counter() - t0, "from_cache": from_cache,
+            "cache_key": key, "files": [str(f) for f in files]}
     return KeytokModel(config=cfg, params=params, tokenizer=tokenizer, dtype=dtype,
                        source=str(path), load_info=info)
 

@@ -55,6 +55,74 @@ def llama(cfg: DecoderConfig) -> list[Entry]:
     return m
 
 
+def split_last_axis(part: int, parts: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Hook picking piece ``part`` of ``parts`` equal slices of a fused tensor's last axis
+    (GPT-2's Conv1D c_attn: weight [in, 3*out] and bias [3*out] hold q | k | v)."""
+    def hook(w: np.ndarray) -> np.ndarray:
+        size = w.shape[-1] // parts
+        return np.ascontiguousarray(w[..., part * size:(part + 1) * size])
+    return hook
+
+
+def gpt2(cfg: DecoderConfig) -> list[Entry]:
+    """GPT2LMHeadModel layout (``transformer.`` prefix). Conv1D weights are already [in, out]."""
+    T, L = "transformer", "transformer.h.{i}"
+    m = [Entry("embed/embedding", f"{T}.wte.weight"),
+         Entry("pos_embed/embedding", f"{T}.wpe.weight")]
+    for flax_norm, hf_norm in (("layers/attn_norm", f"{L}.ln_1"), ("layers/mlp_norm", f"{L}.ln_2"),
+                               ("final_norm", f"{T}.ln_f")):
+        m += [Entry(f"{flax_norm}/scale", f"{hf_norm}.weight"), Entry(f"{flax_norm}/bias", f"{hf_norm}.bias")]
+    for n, p in enumerate("qkv"):
+        m += [Entry(f"layers/attn/{p}/kernel", f"{L}.attn.c_attn.weight", split_last_axis(n, 3)),
+              Entry(f"layers/attn/{p}/bias", f"{L}.attn.c_attn.bias", split_last_axis(n, 3))]
+    for flax_name, hf_name in (("attn/o", "attn.c_proj"), ("mlp/fc_in", "mlp.c_fc"), ("mlp/fc_out", "mlp.c_proj")):
+        m += [Entry(f"layers/{flax_name}/kernel", f"{L}.{hf_name}.weight"),
+              Entry(f"layers/{flax_name}/bias", f"{L}.{hf_name}.bias")]
+    if not cfg.tie_word_embeddings:
+        m.append(Entry("lm_head/embedding", "lm_head.weight"))
+    return m
+
+
+def gpt_neo(cfg: DecoderConfig) -> list[Entry]:
+    """GPTNeoForCausalLM layout; q/k/v/out_proj and the MLP are torch Linear ([out, in])."""
+    T, L = "transformer", "transformer.h.{i}"
+    m = [Entry("embed/embedding", f"{T}.wte.weight"),
+         Entry("pos_embed/embedding", f"{T}.wpe.weight")]
+    for flax_norm, hf_norm in (("layers/attn_norm", f"{L}.ln_1"), ("layers/mlp_norm", f"{L}.ln_2"),
+                               ("final_norm", f"{T}.ln_f")):
+        m += [Entry(f"{flax_norm}/scale", f"{hf_norm}.weight"), Entry(f"{flax_norm}/bias", f"{hf_norm}.bias")]
+    for p in "qkv":
+        m += linear_entries(f"layers/attn/{p}", f"{L}.attn.attention.{p}_proj", cfg.qkv_bias)
+    m += linear_entries("layers/attn/o", f"{L}.attn.attention.out_proj", cfg.out_bias)
+    m += linear_entries("layers/mlp/fc_in", f"{L}.mlp.c_fc", cfg.mlp_bias)
+    m += linear_entries("layers/mlp/fc_out", f"{L}.mlp.c_proj", cfg.mlp_bias)
+    if not cfg.tie_word_embeddings:
+        m.append(Entry("lm_head/embedding", "lm_head.weight"))
+    return m
+
+
+def gemma3(cfg: DecoderConfig) -> list[Entry]:
+    L = "model.layers.{i}"
+    m = [Entry("embed/embedding", "model.embed_tokens.weight"),
+         Entry("layers/attn_norm/scale", f"{L}.input_layernorm.weight"),
+         Entry("layers/post_attn_norm/scale", f"{L}.post_attention_layernorm.weight"),
+         Entry("layers/mlp_norm/scale", f"{L}.pre_feedforward_layernorm.weight"),
+         Entry("layers/post_mlp_norm/scale", f"{L}.post_feedforward_layernorm.weight"),
+         Entry("layers/attn/q_norm/scale", f"{L}.self_attn.q_norm.weight"),
+         Entry("layers/attn/k_norm/scale", f"{L}.self_attn.k_norm.weight"),
+         Entry("final_norm/scale", "model.norm.weight")]
+    for p in "qkv":
+        m += linear_entries(f"layers/attn/{p}", f"{L}.self_attn.{p}_proj", cfg.qkv_bias)
+    m += linear_entries("layers/attn/o", f"{L}.self_attn.o_proj", cfg.out_bias)
+    for p in ("gate", "up", "down"):
+        m += linear_entries(f"layers/mlp/{p}", f"{L}.mlp.{p}_proj", cfg.mlp_bias)
+    if not cfg.tie_word_embeddings:
+        m.append(Entry("lm_head/embedding", "lm_head.weight"))
+    return m
+
 NAME_MAPS: dict[str, Callable[[DecoderConfig], list[Entry]]] = {
     "llama": llama,
+    "gemma3": gemma3,
+    "gpt2": gpt2,
+    "gpt_neo": gpt_neo,
 }

@@ -149,22 +149,32 @@ def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
 class TorchBinSource(TensorSource):
     def __init__(self, files: list[Path]):
         self.files = files
+        self._loaded = False
+
+    def _load(self):
+        if self._loaded:
+            return
         self._tensors: dict[str, np.ndarray] = {}
         self._where: dict[str, Path] = {}
-        for f in files:
+        for f in self.files:
             for n, t in read_torch_bin(f).items():
                 self._tensors[n], self._where[n] = t, f
+        self._loaded = True
 
     def names(self):
+        self._load()
         return list(self._tensors)
 
     def __contains__(self, name):
+        self._load()
         return name in self._tensors
 
     def file_of(self, name):
+        self._load()
         return str(self._where.get(name) or super().file_of(name))
 
     def get(self, name):
+        self._load()
         if name not in self._tensors:
             raise self.missing(name)
         return self._tensors[name]
