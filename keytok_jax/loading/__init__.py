@@ -153,7 +153,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
                 _check_beside(meta, hf, gguf_path)
             else:
                 hf = _hf_config(meta)
-            tokenizer = _tokenizer(folder) or gguf_tokenizer(gguf_path, reader)
+            tokenizer = _tokenizer(folder)
+            if tokenizer is None and "tokenizer.ggml.tokens" in reader.fields:
+                tokenizer = gguf_tokenizer(gguf_path, reader)
             source = GGUFSource(gguf_path, reader, meta)
         else:
             hf = _hf_config(folder)

@@ -57,9 +57,8 @@ def convert(cfg: DecoderConfig, source: TensorSource, dtype: str = "float32") ->
             value = _read(source, entry, entry.hf_name)
         want = expected[entry.path].shape
         if tuple(value.shape) != tuple(want):
-            shown = names[0] if len(names) == 1 else entry.hf_name
             raise WeightError(
-                f"shape mismatch for tensor {shown!r} in {source.file_of(names[0])}: "
+                f"shape mismatch for tensor {names[0]!r} in {source.file_of(names[0])}: "
                 f"got {tuple(value.shape)}{' per layer' if entry.stacked else ''} after conversion, "
                 f"the config implies {tuple(want)} for parameter {entry.path}")
         out[entry.path] = np.asarray(value, dtype=np_dtype)

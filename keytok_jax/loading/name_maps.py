@@ -120,8 +120,67 @@ def gemma3(cfg: DecoderConfig) -> list[Entry]:
         m.append(Entry("lm_head/embedding", "lm_head.weight"))
     return m
 
+
+def opt(cfg: DecoderConfig) -> list[Entry]:
+    """OPTForCausalLM layout (``model.decoder.`` prefix); every Linear is torch [out, in]."""
+    D, L = "model.decoder", "model.decoder.layers.{i}"
+    m = [Entry("embed/embedding", f"{D}.embed_tokens.weight"),
+         Entry("pos_embed/embedding", f"{D}.embed_positions.weight")]
+    if cfg.word_embed_proj_dim:
+        m += linear_entries("project_in", f"{D}.project_in", False)
+        m += linear_entries("project_out", f"{D}.project_out", False)
+    if cfg.norm_affine:  # layer_norm_elementwise_affine=False: LayerNorms without parameters
+        norms = [("layers/attn_norm", f"{L}.self_attn_layer_norm"), ("layers/mlp_norm", f"{L}.final_layer_norm")]
+        if cfg.final_norm:
+            norms.append(("final_norm", f"{D}.final_layer_norm"))
+        for flax_norm, hf_norm in norms:
+            m += [Entry(f"{flax_norm}/scale", f"{hf_norm}.weight"), Entry(f"{flax_norm}/bias", f"{hf_norm}.bias")]
+    for p in "qkv":
+        m += linear_entries(f"layers/attn/{p}", f"{L}.self_attn.{p}_proj", cfg.qkv_bias)
+    m += linear_entries("layers/attn/o", f"{L}.self_attn.out_proj", cfg.out_bias)
+    m += linear_entries("layers/mlp/fc_in", f"{L}.fc1", cfg.mlp_bias)
+    m += linear_entries("layers/mlp/fc_out", f"{L}.fc2", cfg.mlp_bias)
+    if not cfg.tie_word_embeddings:
+        m.append(Entry("lm_head/embedding", "lm_head.weight"))
+    return m
+
+
+def split_heads_rows(part: int, parts: int, heads: int, then=None) -> Callable[[np.ndarray], np.ndarray]:
+    """Hook picking piece ``part`` of a fused tensor whose output rows are laid out
+    [heads, parts, head_dim] (GPT-NeoX ``query_key_value``: per head q | k | v), as a
+    [heads * head_dim, ...] tensor; ``then`` post-processes it (``linear`` for weights)."""
+    def hook(w: np.ndarray) -> np.ndarray:
+        rest = w.shape[1:]
+        piece = w.reshape(heads, parts, -1, *rest)[:, part].reshape(-1, *rest)
+        return then(piece) if then else np.ascontiguousarray(piece)
+    return hook
+
+
+def gpt_neox(cfg: DecoderConfig) -> list[Entry]:
+    """GPTNeoXForCausalLM layout (``gpt_neox.`` prefix, separate ``embed_out`` head)."""
+    G, L = "gpt_neox", "gpt_neox.layers.{i}"
+    m = [Entry("embed/embedding", f"{G}.embed_in.weight")]
+    for flax_norm, hf_norm in (("layers/attn_norm", f"{L}.input_layernorm"),
+                               ("layers/mlp_norm", f"{L}.post_attention_layernorm"),
+                               ("final_norm", f"{G}.final_layer_norm")):
+        m += [Entry(f"{flax_norm}/scale", f"{hf_norm}.weight"), Entry(f"{flax_norm}/bias", f"{hf_norm}.bias")]
+    qkv = f"{L}.attention.query_key_value"
+    for n, p in enumerate("qkv"):
+        m.append(Entry(f"layers/attn/{p}/kernel", f"{qkv}.weight", split_heads_rows(n, 3, cfg.num_heads, linear)))
+        if cfg.qkv_bias:
+            m.append(Entry(f"layers/attn/{p}/bias", f"{qkv}.bias", split_heads_rows(n, 3, cfg.num_heads)))
+    m += linear_entries("layers/attn/o", f"{L}.attention.dense", cfg.out_bias)
+    m += linear_entries("layers/mlp/fc_in", f"{L}.mlp.dense_h_to_4h", cfg.mlp_bias)
+    m += linear_entries("layers/mlp/fc_out", f"{L}.mlp.dense_4h_to_h", cfg.mlp_bias)
+    if not cfg.tie_word_embeddings:
+        m.append(Entry("lm_head/embedding", "embed_out.weight"))
+    return m
+
+
 NAME_MAPS: dict[str, Callable[[DecoderConfig], list[Entry]]] = {
     "llama": llama,
+    "opt": opt,
+    "gpt_neox": gpt_neox,
     "gemma3": gemma3,
     "gpt2": gpt2,
     "gpt_neo": gpt_neo,
