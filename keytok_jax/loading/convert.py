@@ -33,6 +33,24 @@ def abstract_params(cfg: DecoderConfig, dtype) -> dict:
     return nn.unbox(abstract_variables(cfg, dtype))
 
 
+# Base-model prefixes that a checkpoint saved from the bare model (GPT2Model, LlamaModel) lacks:
+# openai-community/gpt2 names its tensors "h.0.attn.c_attn.weight", not "transformer.h.0...".
+_BASE_PREFIXES = ("transformer.", "model.")
+
+
+def _resolve(source: TensorSource, name: str) -> str:
+    """``name`` as the source spells it: the first of its ``|``-separated spellings present, as
+    given or without the base-model prefix; the first spelling when none is (for the error)."""
+    spellings = name.split("|")
+    for spelling in spellings:
+        if spelling in source:
+            return spelling
+        for prefix in _BASE_PREFIXES:
+            if spelling.startswith(prefix) and spelling[len(prefix):] in source:
+                return spelling[len(prefix):]
+    return spellings[0]
+
+
 def _read(source: TensorSource, entry: Entry, name: str) -> np.ndarray:
     if name not in source:
         raise source.missing(name, f" (needed for parameter {entry.path})")
@@ -50,11 +68,11 @@ def convert(cfg: DecoderConfig, source: TensorSource, dtype: str = "float32") ->
         if entry.path not in expected:
             raise AssertionError(f"name map of {cfg.family} names unknown parameter {entry.path}")
         if entry.stacked:
-            names = [entry.hf_name.format(i=i) for i in range(cfg.num_layers)]
+            names = [_resolve(source, entry.hf_name.format(i=i)) for i in range(cfg.num_layers)]
             value = np.stack([_read(source, entry, n) for n in names])
         else:
-            names = [entry.hf_name]
-            value = _read(source, entry, entry.hf_name)
+            names = [_resolve(source, entry.hf_name)]
+            value = _read(source, entry, names[0])
         want = expected[entry.path].shape
         if tuple(value.shape) != tuple(want):
             raise WeightError(

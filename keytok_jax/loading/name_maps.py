@@ -19,7 +19,7 @@ from ..models.config import DecoderConfig
 @dataclass(frozen=True)
 class Entry:
     path: str                     # "layers/attn/q/kernel"
-    hf_name: str                  # "model.layers.{i}.self_attn.q_proj.weight"
+    hf_name: str                  # "model.layers.{i}.self_attn.q_proj.weight"; "a|b": either spelling
     hook: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
@@ -173,7 +173,7 @@ def gpt_neox(cfg: DecoderConfig) -> list[Entry]:
     m += linear_entries("layers/mlp/fc_in", f"{L}.mlp.dense_h_to_4h", cfg.mlp_bias)
     m += linear_entries("layers/mlp/fc_out", f"{L}.mlp.dense_4h_to_h", cfg.mlp_bias)
     if not cfg.tie_word_embeddings:
-        m.append(Entry("lm_head/embedding", "embed_out.weight"))
+        m.append(Entry("lm_head/embedding", "embed_out.weight|lm_head.weight"))  # torch.save names it lm_head
     return m
 
 
