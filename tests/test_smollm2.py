@@ -80,3 +80,14 @@ def test_second_load_comes_from_orbax_cache():
     bf16 = keytok_jax.load_model(str(SMOLLM2_GGUF), dtype="bfloat16")
     assert bf16.load_info["cache_key"] != cold.load_info["cache_key"]
     assert str(bf16.lm_head.dtype) == "bfloat16"
+
+
+def test_bfloat16_close_to_float32(model):
+    bf16 = keytok_jax.load_model(str(SMOLLM2_GGUF), dtype="bfloat16", cache=False)
+    ids, mask = model.tokenize(sentences(4))
+    ref = np.asarray(model.hidden_states(ids, mask), np.float32)
+    got = np.asarray(bf16.hidden_states(ids, mask), np.float32)
+    real = mask.astype(bool)
+    a, b = ref[real], got[real]
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    assert got.dtype == np.float32 and cos.min() > 0.98, cos.min()
