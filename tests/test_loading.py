@@ -1,7 +1,6 @@
 """Loading paths and bad inputs: every error names the file and the tensor or field."""
 import json
 import pickle
-import shutil
 import zipfile
 
 import numpy as np

@@ -39,12 +39,9 @@ def linear_entries(path: str, hf: str, bias: bool) -> list[Entry]:
     return out
 
 
-def llama(cfg: DecoderConfig) -> list[Entry]:
-    L = "model.layers.{i}"
-    m = [Entry("embed/embedding", "model.embed_tokens.weight"),
-         Entry("layers/attn_norm/scale", f"{L}.input_layernorm.weight"),
-         Entry("layers/mlp_norm/scale", f"{L}.post_attention_layernorm.weight"),
-         Entry("final_norm/scale", "model.norm.weight")]
+def _llama_attention_mlp(cfg: DecoderConfig, L: str) -> list[Entry]:
+    """q/k/v/o projections, gated MLP and untied head, as Llama and Gemma3 name them."""
+    m = []
     for p in "qkv":
         m += linear_entries(f"layers/attn/{p}", f"{L}.self_attn.{p}_proj", cfg.qkv_bias)
     m += linear_entries("layers/attn/o", f"{L}.self_attn.o_proj", cfg.out_bias)
@@ -53,6 +50,15 @@ def llama(cfg: DecoderConfig) -> list[Entry]:
     if not cfg.tie_word_embeddings:
         m.append(Entry("lm_head/embedding", "lm_head.weight"))
     return m
+
+
+def llama(cfg: DecoderConfig) -> list[Entry]:
+    L = "model.layers.{i}"
+    m = [Entry("embed/embedding", "model.embed_tokens.weight"),
+         Entry("layers/attn_norm/scale", f"{L}.input_layernorm.weight"),
+         Entry("layers/mlp_norm/scale", f"{L}.post_attention_layernorm.weight"),
+         Entry("final_norm/scale", "model.norm.weight")]
+    return m + _llama_attention_mlp(cfg, L)
 
 
 def split_last_axis(part: int, parts: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -64,14 +70,21 @@ def split_last_axis(part: int, parts: int) -> Callable[[np.ndarray], np.ndarray]
     return hook
 
 
-def gpt2(cfg: DecoderConfig) -> list[Entry]:
-    """GPT2LMHeadModel layout (``transformer.`` prefix). Conv1D weights are already [in, out]."""
+def _gpt_embeddings_and_norms() -> list[Entry]:
+    """Token and position embeddings and the three LayerNorms, as GPT-2 and GPT-Neo name them."""
     T, L = "transformer", "transformer.h.{i}"
     m = [Entry("embed/embedding", f"{T}.wte.weight"),
          Entry("pos_embed/embedding", f"{T}.wpe.weight")]
     for flax_norm, hf_norm in (("layers/attn_norm", f"{L}.ln_1"), ("layers/mlp_norm", f"{L}.ln_2"),
                                ("final_norm", f"{T}.ln_f")):
         m += [Entry(f"{flax_norm}/scale", f"{hf_norm}.weight"), Entry(f"{flax_norm}/bias", f"{hf_norm}.bias")]
+    return m
+
+
+def gpt2(cfg: DecoderConfig) -> list[Entry]:
+    """GPT2LMHeadModel layout (``transformer.`` prefix). Conv1D weights are already [in, out]."""
+    L = "transformer.h.{i}"
+    m = _gpt_embeddings_and_norms()
     for n, p in enumerate("qkv"):
         m += [Entry(f"layers/attn/{p}/kernel", f"{L}.attn.c_attn.weight", split_last_axis(n, 3)),
               Entry(f"layers/attn/{p}/bias", f"{L}.attn.c_attn.bias", split_last_axis(n, 3))]
@@ -85,12 +98,8 @@ def gpt2(cfg: DecoderConfig) -> list[Entry]:
 
 def gpt_neo(cfg: DecoderConfig) -> list[Entry]:
     """GPTNeoForCausalLM layout; q/k/v/out_proj and the MLP are torch Linear ([out, in])."""
-    T, L = "transformer", "transformer.h.{i}"
-    m = [Entry("embed/embedding", f"{T}.wte.weight"),
-         Entry("pos_embed/embedding", f"{T}.wpe.weight")]
-    for flax_norm, hf_norm in (("layers/attn_norm", f"{L}.ln_1"), ("layers/mlp_norm", f"{L}.ln_2"),
-                               ("final_norm", f"{T}.ln_f")):
-        m += [Entry(f"{flax_norm}/scale", f"{hf_norm}.weight"), Entry(f"{flax_norm}/bias", f"{hf_norm}.bias")]
+    L = "transformer.h.{i}"
+    m = _gpt_embeddings_and_norms()
     for p in "qkv":
         m += linear_entries(f"layers/attn/{p}", f"{L}.attn.attention.{p}_proj", cfg.qkv_bias)
     m += linear_entries("layers/attn/o", f"{L}.attn.attention.out_proj", cfg.out_bias)
@@ -111,14 +120,7 @@ def gemma3(cfg: DecoderConfig) -> list[Entry]:
          Entry("layers/attn/q_norm/scale", f"{L}.self_attn.q_norm.weight"),
          Entry("layers/attn/k_norm/scale", f"{L}.self_attn.k_norm.weight"),
          Entry("final_norm/scale", "model.norm.weight")]
-    for p in "qkv":
-        m += linear_entries(f"layers/attn/{p}", f"{L}.self_attn.{p}_proj", cfg.qkv_bias)
-    m += linear_entries("layers/attn/o", f"{L}.self_attn.o_proj", cfg.out_bias)
-    for p in ("gate", "up", "down"):
-        m += linear_entries(f"layers/mlp/{p}", f"{L}.mlp.{p}_proj", cfg.mlp_bias)
-    if not cfg.tie_word_embeddings:
-        m.append(Entry("lm_head/embedding", "lm_head.weight"))
-    return m
+    return m + _llama_attention_mlp(cfg, L)
 
 
 def opt(cfg: DecoderConfig) -> list[Entry]:

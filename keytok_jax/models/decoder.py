@@ -7,7 +7,7 @@ have a leading ``layers`` axis and a model compiles once whatever its depth. Per
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -3,11 +3,9 @@ and MLP with bias, NO 1/sqrt(head_dim) score scaling, layers alternating global 
 (sliding-window) attention as listed by ``attention_types``; LM head tied to ``wte``."""
 from __future__ import annotations
 
-import flax.linen as nn
-
 from .config import DecoderConfig, UnsupportedConfigError, refuse_unless
-from .decoder import Block, Decoder
-from .layers import ACTIVATIONS, MLP, Attention, LayerNorm, attention_mask, embed
+from .gpt2 import GPT2
+from .layers import ACTIVATIONS
 
 MODEL_TYPES = ("gpt_neo",)
 
@@ -48,29 +46,6 @@ def config_from_hf(hf) -> DecoderConfig:
     )
 
 
-class GPTNeoBlock(Block):
-    @nn.compact
-    def __call__(self, hidden, positions, valid, rope, layer):
-        cfg, dt = self.cfg, self.dtype
-        mask = attention_mask(positions, valid, self.causal, layer["window"])
-        h = LayerNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
-        hidden = hidden + Attention(cfg, dt, name="attn")(h, mask)
-        h = LayerNorm(cfg.norm_eps, dt, name="mlp_norm")(hidden)
-        hidden = hidden + MLP(cfg, dt, name="mlp")(h)
-        return self.out(hidden)
-
-
-class GPTNeo(Decoder):
-    Block = GPTNeoBlock
-
-    def setup_family(self):
-        cfg = self.cfg
-        self.pos_embed = embed(cfg.max_positions, cfg.hidden_size, self.dtype, "pos_embed",
-                               names=("positions", "embed"))
-        self.final_norm = LayerNorm(cfg.norm_eps, self.dtype, name="final_norm")
-
-    def embed_tokens(self, input_ids, positions):
-        return self.embed(input_ids) + self.pos_embed(positions)
-
-    def finish(self, hidden):
-        return self.final_norm(hidden)
+# GPT-Neo's block and embeddings are GPT-2's (pre-LayerNorm, learned positions, fc MLP); what differs
+# (unscaled scores, local windows, bias-free q/k/v) lives in the config above.
+GPTNeo = GPT2
