@@ -1,8 +1,10 @@
 """keytok_jax: batch text embeddings and their aligned key tokens from decoder LLMs, in JAX."""
+from .embedder import EmbedOutput, EmbedSettings, Embedder, Shift
 from .loading import DEFAULT_MODEL, WeightError, load_model
 from .model import KeytokModel
 from .models import UnsupportedConfigError
 
 __version__ = "0.1.0"
 
-__all__ = ["load_model", "KeytokModel", "DEFAULT_MODEL", "WeightError", "UnsupportedConfigError"]
+__all__ = ["load_model", "KeytokModel", "Embedder", "EmbedSettings", "EmbedOutput", "Shift",
+           "DEFAULT_MODEL", "WeightError", "UnsupportedConfigError"]
