@@ -117,6 +117,7 @@ def run(opts: dict) -> dict:
     settings = EmbedSettings(**{k: opts[k] for k in SETTING_FIELDS})
     shift = Shift.load(opts["shift"]) if opts.get("shift") else None
     model = load_model(opts["model"], dtype=opts["dtype"])
+    load_seconds = time.perf_counter() - t_start
     embedder = Embedder(model, settings, shift=shift, batch_tokens=opts["batch_tokens"],
                         vocab_chunk=opts["vocab_chunk"])
     input_path = Path(opts["input"]).resolve()
@@ -171,8 +172,18 @@ def run(opts: dict) -> dict:
             t.flags |= d.flags
         return tokenized
 
+    done_tokens = [0]
+
+    def on_batch(n_docs, n_tokens):
+        done_tokens[0] += n_tokens
+        if bar is not None:
+            elapsed = max(time.perf_counter() - t_embed, 1e-9)
+            bar.set_postfix(tok_s=f"{done_tokens[0] / elapsed:,.0f}",
+                            pad=f"{embedder.stats.padding_fraction:.0%}", refresh=False)
+            bar.update(n_docs)
+
     def embed_and_write(index, shard_docs, tokenized):
-        out = embedder.embed_tokenized(tokenized)
+        out = embedder.embed_tokenized(tokenized, on_batch=on_batch)
         counters = {"replaced": int(sum(1 for d in shard_docs if d.flags & store_lib.FLAG_REPLACED))}
         writes.append(write_pool.submit(
             writer.write_shard, index, [d.id for d in shard_docs], out.token_ids, out.token_weights,
@@ -192,12 +203,10 @@ def run(opts: dict) -> dict:
             if pending is not None:
                 embed_and_write(pending[0], pending[1], pending[2].result())
                 embedded_docs += len(pending[1])
-                _progress(bar, embedder, len(pending[1]), t_embed)
             pending = (index, shard_docs, future)
         if pending is not None:
             embed_and_write(pending[0], pending[1], pending[2].result())
             embedded_docs += len(pending[1])
-            _progress(bar, embedder, len(pending[1]), t_embed)
         for w in writes:
             w.result()
     finally:
@@ -219,20 +228,12 @@ def run(opts: dict) -> dict:
         "empty": int(((flags & store_lib.FLAG_EMPTY) > 0).sum()),
         "replaced_utf8": int(((flags & store_lib.FLAG_REPLACED) > 0).sum()),
         "rejected": read_stats.rejected, "compiles": st.compiles,
-        "compile_seconds": round(st.compile_seconds, 2), "wall_seconds": round(wall, 2),
+        "compile_seconds": round(st.compile_seconds, 2), "load_seconds": round(load_seconds, 2),
+        "wall_seconds": round(wall, 2),
         "docs_per_s": round(embedded_docs / max(wall, 1e-9), 2),
         "real_tokens_per_s": round(st.real_tokens / max(wall, 1e-9), 1),
     }
     return summary
-
-
-def _progress(bar, embedder, n, t0):
-    if bar is None:
-        return
-    elapsed = max(time.perf_counter() - t0, 1e-9)
-    bar.set_postfix(tok_s=f"{embedder.stats.real_tokens / elapsed:,.0f}",
-                    pad=f"{embedder.stats.padding_fraction:.0%}", refresh=False)
-    bar.update(n)
 
 
 def main(argv=None) -> int:

@@ -224,11 +224,13 @@ class Embedder:
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedDoc]:
         return self.doc_tokenizer(list(texts))
 
-    def embed_tokenized(self, docs: Sequence[TokenizedDoc], in_flight: int = 2) -> EmbedOutput:
+    def embed_tokenized(self, docs: Sequence[TokenizedDoc], in_flight: int = 2,
+                        on_batch=None) -> EmbedOutput:
         """Embed a window of tokenized docs; rows come back in input order.
 
         Docs are sorted by length inside the window, grouped into fixed (rows, seq) shapes and
-        dispatched asynchronously with ``in_flight`` batches queued before the host waits."""
+        dispatched asynchronously with ``in_flight`` batches queued before the host waits.
+        ``on_batch(docs, real_tokens)`` is called as each batch's results arrive (progress bars)."""
         n = len(docs)
         k, dim = self.settings.top_k, self.settings.matryoshka_dim or self.model.config.output_dim
         out = EmbedOutput(np.zeros((n, dim), np.float32), np.full((n, k), -1, np.int32),
@@ -242,6 +244,8 @@ class Embedder:
             dense, ids, weights = (np.asarray(a) for a in result)
             m = len(rows)
             out.dense[rows], out.token_ids[rows], out.token_weights[rows] = dense[:m], ids[:m], weights[:m]
+            if on_batch is not None:
+                on_batch(m, int(out.lengths[rows].sum()))
 
         for rows, seq in self._plan(out.lengths):
             batch_rows = self.rows_for(seq, len(rows))
