@@ -140,8 +140,29 @@ def attention_mask(positions, valid, causal: bool, window):
     return allowed[:, None]
 
 
-def attend(q, k, v, mask, scale: float, softcap: float | None = None):
-    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,1,T,S] → [B,T,H,hd]."""
+ATTENTION_BLOCK = 128
+
+
+def attend(q, k, v, mask, scale: float, softcap: float | None = None, causal: bool = False,
+           block: int = ATTENTION_BLOCK):
+    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,1,T,S] → [B,T,H,hd].
+
+    Queries go in blocks of ``block`` rows so the float32 scores stay cache-sized; with ``causal``
+    a block only reads keys up to its last query (later keys are masked anyway: positions grow
+    with the index among real tokens), which halves the work on long sequences."""
+    t, s = q.shape[1], k.shape[1]
+    if t <= block:
+        return _attend(q, k, v, mask, scale, softcap)
+    outs = []
+    for start in range(0, t, block):
+        stop = min(start + block, t)
+        keys = min(stop, s) if causal else s
+        outs.append(_attend(q[:, start:stop], k[:, :keys], v[:, :keys], mask[:, :, start:stop, :keys],
+                            scale, softcap))
+    return jnp.concatenate(outs, axis=1)
+
+
+def _attend(q, k, v, mask, scale, softcap):
     b, t, h, hd = q.shape
     kv = k.shape[2]
     q = q.reshape(b, t, kv, h // kv, hd)
@@ -158,6 +179,7 @@ class Attention(nn.Module):
     cfg: DecoderConfig
     dtype: Dtype = jnp.float32
     qk_norm: bool = False   # Gemma3
+    causal: bool = True
 
     @nn.compact
     def __call__(self, x, mask, rope=None):
@@ -177,7 +199,7 @@ class Attention(nn.Module):
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         scale = cfg.attn_scale if cfg.attn_scale is not None else hd ** -0.5
-        out = attend(q, k, v, mask, scale, cfg.attn_softcap)
+        out = attend(q, k, v, mask, scale, cfg.attn_softcap, causal=self.causal)
         return dense(cfg.hidden_size, cfg.out_bias, ("heads", "embed"), self.dtype, "o")(
             out.reshape(b, t, cfg.num_heads * hd))
 

@@ -49,7 +49,7 @@ class LlamaBlock(Block):
         cfg, dt = self.cfg, self.dtype
         mask = attention_mask(positions, valid, self.causal, layer["window"])
         h = RMSNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
-        hidden = hidden + Attention(cfg, dt, name="attn")(h, mask, self.layer_rope(rope, layer))
+        hidden = hidden + Attention(cfg, dt, causal=self.causal, name="attn")(h, mask, self.layer_rope(rope, layer))
         h = RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(hidden)
         hidden = hidden + GatedMLP(cfg, dt, name="mlp")(h)
         return self.out(hidden)
