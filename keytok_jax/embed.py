@@ -172,14 +172,15 @@ def run(opts: dict) -> dict:
             t.flags |= d.flags
         return tokenized
 
-    done_tokens = [0]
+    done_tokens = [0, 0]  # real, padded (of batches whose results arrived)
 
-    def on_batch(n_docs, n_tokens):
+    def on_batch(n_docs, n_tokens, n_padded):
         done_tokens[0] += n_tokens
+        done_tokens[1] += n_padded
         if bar is not None:
             elapsed = max(time.perf_counter() - t_embed, 1e-9)
             bar.set_postfix(tok_s=f"{done_tokens[0] / elapsed:,.0f}",
-                            pad=f"{embedder.stats.padding_fraction:.0%}", refresh=False)
+                            pad=f"{1 - done_tokens[0] / max(done_tokens[1], 1):.0%}", refresh=False)
             bar.update(n_docs)
 
     def embed_and_write(index, shard_docs, tokenized):

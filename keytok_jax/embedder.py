@@ -230,7 +230,7 @@ class Embedder:
 
         Docs are sorted by length inside the window, grouped into fixed (rows, seq) shapes and
         dispatched asynchronously with ``in_flight`` batches queued before the host waits.
-        ``on_batch(docs, real_tokens)`` is called as each batch's results arrive (progress bars)."""
+        ``on_batch(docs, real_tokens, padded_tokens)`` is called as each batch's results arrive."""
         n = len(docs)
         k, dim = self.settings.top_k, self.settings.matryoshka_dim or self.model.config.output_dim
         out = EmbedOutput(np.zeros((n, dim), np.float32), np.full((n, k), -1, np.int32),
@@ -240,12 +240,12 @@ class Embedder:
         pending: deque = deque()
 
         def collect():
-            rows, result = pending.popleft()
+            rows, padded, result = pending.popleft()
             dense, ids, weights = (np.asarray(a) for a in result)
             m = len(rows)
             out.dense[rows], out.token_ids[rows], out.token_weights[rows] = dense[:m], ids[:m], weights[:m]
             if on_batch is not None:
-                on_batch(m, int(out.lengths[rows].sum()))
+                on_batch(m, int(out.lengths[rows].sum()), padded)
 
         for rows, seq in self._plan(out.lengths):
             batch_rows = self.rows_for(seq, len(rows))
@@ -258,7 +258,8 @@ class Embedder:
                 mask[j, : len(d.ids)] = 1
                 pool_mask[j, d.pool_start: len(d.ids)] = 1
             exe = self._executable(batch_rows, seq)
-            pending.append((np.asarray(rows), exe(self.model.params, ids, mask, pool_mask, self._shift_vec)))
+            pending.append((np.asarray(rows), batch_rows * seq,
+                            exe(self.model.params, ids, mask, pool_mask, self._shift_vec)))
             self.stats.batches += 1
             self.stats.padded_tokens += batch_rows * seq
             while len(pending) > in_flight:

@@ -129,16 +129,16 @@ def test_shift_changes_projection_not_dense(smollm2, tmp_path):
 def test_cli_end_to_end_on_scifact(smollm2, tmp_path, capsys):
     shared_or_skip(SCIFACT)
     out = tmp_path / "store"
-    rc = embed_main(["--input", str(SCIFACT), "--output", str(out), "--limit", "150", "--max-length", "64",
+    rc = embed_main(["--input", str(SCIFACT), "--output", str(out), "--limit", "256", "--max-length", "64",
                      "--shard-size", "64", "--dense", "--top-k", "16", "--no-progress",
                      "--summary-json", str(tmp_path / "summary.json")])
     assert rc == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["rows"] == 150 and summary["shards"] == 3 and summary["truncated"] > 0
+    assert summary["rows"] == 256 and summary["shards"] == 4 and summary["truncated"] > 0
     s, arrays = _read_store(out)
-    corpus = [json.loads(line) for line in open(SCIFACT / "corpus.jsonl", encoding="utf-8")][:150]
+    corpus = [json.loads(line) for line in open(SCIFACT / "corpus.jsonl", encoding="utf-8")][:256]
     assert s.ids == [d["_id"] for d in corpus]
-    assert arrays["token_ids"].shape == (150, 16) and arrays["dense"].shape == (150, 576)
+    assert arrays["token_ids"].shape == (256, 16) and arrays["dense"].shape == (256, 576)
     assert s.manifest["settings"]["pooling"] == "last" and s.manifest["complete"]
     # the rows equal the API on the same texts
     emb = Embedder(smollm2, EmbedSettings(pooling="last", prompt="prompteol", max_length=64, top_k=16))
@@ -152,13 +152,13 @@ def test_cli_end_to_end_on_scifact(smollm2, tmp_path, capsys):
     plain = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(out / "token_ids")}}).result()
     np.testing.assert_array_equal(plain.read().result(), arrays["token_ids"])
     # rerun: everything reused, nothing recomputed
-    rc = embed_main(["--input", str(SCIFACT), "--output", str(out), "--limit", "150", "--max-length", "64",
+    rc = embed_main(["--input", str(SCIFACT), "--output", str(out), "--limit", "256", "--max-length", "64",
                      "--shard-size", "64", "--dense", "--top-k", "16", "--no-progress", "--resume",
                      "--summary-json", str(tmp_path / "again.json")])
     again = json.loads((tmp_path / "again.json").read_text())
-    assert rc == 0 and again["shards_reused"] == 3 and again["docs_embedded"] == 0
+    assert rc == 0 and again["shards_reused"] == 4 and again["docs_embedded"] == 0
     # a different setting is refused, naming it
-    rc = embed_main(["--input", str(SCIFACT), "--output", str(out), "--limit", "150", "--max-length", "64",
+    rc = embed_main(["--input", str(SCIFACT), "--output", str(out), "--limit", "256", "--max-length", "64",
                      "--shard-size", "64", "--dense", "--top-k", "16", "--no-progress", "--pooling", "mean"])
     assert rc == 2 and "pooling" in capsys.readouterr().err
 
