@@ -7,11 +7,13 @@ shard to a tensorstore zarr store with an atomic completion record. Rerunning th
 skips finished shards; a rerun with different settings is refused, naming the setting.
 
 Settings come from the defaults, then ``--config FILE.yaml`` (see configs/), then the flags given.
+``--mesh data=D,model=M`` spreads the device work over a mesh of D*M devices (keytok_jax/sharding.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,7 @@ JOB_DEFAULTS = {
     "model": "smollm2-135m", "dtype": "float32", "dense": False, "shift": None,
     "format": "auto", "id_field": "_id", "text_fields": ["title", "text"], "on_error": "raise",
     "rejects": None, "shard_size": 1024, "batch_tokens": 8192, "vocab_chunk": 4096, "limit": None,
+    "mesh": None, "distributed": False, "coordinator": None, "num_processes": None, "process_id": None,
 }
 SETTING_FIELDS = [f.name for f in EmbedSettings.__dataclass_fields__.values()]
 
@@ -87,6 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-chunk", type=int, help="vocabulary rows per top-k step (default: 4096)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--summary-json", help="also write the final summary to this JSON file")
+
+    d = p.add_argument_group("several devices and hosts (README: Sharding and multiple devices)")
+    d.add_argument("--mesh", metavar="data=D,model=M",
+                   help="spread the job over D*M devices (config key: mesh). data=D splits every batch "
+                        "over D devices (data parallel: throughput; rows per batch are rounded up to a "
+                        "multiple of D); model=M splits attention heads, MLP units and the vocabulary "
+                        "(embedding, LM head, top-k) over M devices (tensor parallel: for models too big "
+                        "for one device). A missing axis is 1; one axis may be -1 (the rest). D*M may "
+                        "not exceed the devices JAX sees. Rules: keytok_jax/sharding.py. "
+                        "Default: one device")
+    d.add_argument("--distributed", action="store_true",
+                   help="one of several processes (hosts) writing one store: jax.distributed.initialize "
+                        "with the three flags below, else the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+                        "JAX_PROCESS_ID environment variables, else JAX's auto-detection (SLURM, TPU pods, "
+                        "Open MPI). Shard i of the store is embedded by process i mod N on its own devices "
+                        "(--mesh applies to each process's local devices); process 0 finalizes the store "
+                        "once every process has recorded its shards. Run the same command on every process; "
+                        "rerun them all to resume")
+    d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
+    d.add_argument("--num-processes", type=int, help="number of processes in the job")
+    d.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
     return p
 
 
@@ -110,13 +134,48 @@ def _model_identity(model) -> dict:
             "files": [[Path(f).name, Path(f).stat().st_size] for f in model.load_info["files"]]}
 
 
+def init_distributed(opts: dict) -> tuple[int, int]:
+    """(process index, process count); starts ``jax.distributed`` with ``--distributed``.
+
+    Coordinator, process count and id come from the flags, else from ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, else JAX detects them (SLURM, TPU pods, Open MPI).
+    CPU collectives go through gloo (the only ones XLA:CPU has across processes)."""
+    if not opts.get("distributed"):
+        return 0, 1
+    import jax
+
+    def pick(flag, env, cast=str):
+        value = opts.get(flag)
+        if value is None and os.environ.get(env):
+            value = cast(os.environ[env])
+        return value
+
+    kwargs = {"coordinator_address": pick("coordinator", "JAX_COORDINATOR_ADDRESS"),
+              "num_processes": pick("num_processes", "JAX_NUM_PROCESSES", int),
+              "process_id": pick("process_id", "JAX_PROCESS_ID", int)}
+    if not jax.distributed.is_initialized():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+    return jax.process_index(), jax.process_count()
+
+
+def _barrier(name: str, nproc: int) -> None:
+    if nproc > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"keytok_jax.embed: {name}")
+
+
 def run(opts: dict) -> dict:
     from .loading import load_model
 
     t_start = time.perf_counter()
     settings = EmbedSettings(**{k: opts[k] for k in SETTING_FIELDS})
     shift = Shift.load(opts["shift"]) if opts.get("shift") else None
-    model = load_model(opts["model"], dtype=opts["dtype"])
+    pid, nproc = init_distributed(opts)
+    # Several processes: no orbax parameter cache (its multi-process saves and restores are
+    # collective over global arrays; here each process holds its own copy).
+    model = load_model(opts["model"], dtype=opts["dtype"], mesh=opts.get("mesh"), cache=nproc == 1)
     load_seconds = time.perf_counter() - t_start
     embedder = Embedder(model, settings, shift=shift, batch_tokens=opts["batch_tokens"],
                         vocab_chunk=opts["vocab_chunk"])
@@ -133,6 +192,8 @@ def run(opts: dict) -> dict:
         dim=dim, shard_size=opts["shard_size"])
     done = writer.done_shards()
     rejects = opts.get("rejects") or (str(Path(opts["output"])) + ".rejects.jsonl")
+    if pid != 0:
+        rejects = os.devnull   # every process reads the whole corpus; process 0 writes the rejects
     read_stats = ReadStats()
     reader_kw = dict(format=opts["format"], id_field=opts["id_field"],
                      text_fields=tuple(opts["text_fields"]), on_error=opts["on_error"])
@@ -141,12 +202,19 @@ def run(opts: dict) -> dict:
     total = count_docs(input_path, **reader_kw)
     if opts["limit"] is not None:
         total = min(total, opts["limit"])
+    size = writer.shard_size
+
+    def owned(index: int) -> bool:
+        return index % nproc == pid
+
+    total = sum(min(size, total - i * size) for i in range(-(-total // size)) if owned(i))
 
     bar = None
     if not opts.get("no_progress"):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, unit="doc", dynamic_ncols=True, desc="embed")
+        bar = tqdm(total=total, unit="doc", dynamic_ncols=True,
+                   desc="embed" if nproc == 1 else f"embed [{pid}/{nproc}]")
     tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
     write_pool = ThreadPoolExecutor(1, thread_name_prefix="write")
     writes, reused, n_shards, embedded_docs = [], 0, 0, 0
@@ -195,6 +263,8 @@ def run(opts: dict) -> dict:
         pending = None  # (index, docs, future of tokenized docs): tokenization runs one shard ahead
         for index, shard_docs in shards():
             n_shards = index + 1
+            if not owned(index):
+                continue
             if index in done:
                 reused += 1
                 if bar:
@@ -217,12 +287,19 @@ def run(opts: dict) -> dict:
             bar.close()
     if n_shards == 0:
         raise CorpusError(f"{input_path}: no documents to embed")
-    manifest = writer.finalize(n_shards)
+    _barrier("shards written", nproc)      # every process has recorded its shards
+    if pid == 0:
+        manifest = writer.finalize(n_shards)
+    _barrier("finalized", nproc)
+    if pid != 0:
+        manifest = store_lib.open(opts["output"]).manifest
     wall = time.perf_counter() - t_start
     st = embedder.stats
     flags = np.asarray(store_lib.open(opts["output"]).flags.read().result())
     summary = {
-        "store": str(opts["output"]), "rows": manifest["num_rows"], "shards": n_shards,
+        "store": str(opts["output"]), "mesh": model.load_info.get("mesh") or "single device",
+        **({"process": f"{pid} of {nproc}"} if nproc > 1 else {}),
+        "rows": manifest["num_rows"], "shards": n_shards,
         "shards_reused": reused, "docs_embedded": embedded_docs, "real_tokens": st.real_tokens,
         "padded_tokens": st.padded_tokens, "padding_fraction": round(st.padding_fraction, 4),
         "truncated": int(((flags & store_lib.FLAG_TRUNCATED) > 0).sum()),

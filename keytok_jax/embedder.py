@@ -21,7 +21,7 @@ import numpy as np
 
 from .model import ATTENTION_MODES, KeytokModel
 from .pooling import POOLING_METHODS, l2_normalize, pool
-from .projection import WEIGHTINGS, topk_projection
+from .projection import WEIGHTINGS, sharded_topk_projection, topk_projection
 from .prompts import DocTokenizer, Template, TokenizedDoc
 from .store import FLAG_EMPTY
 
@@ -137,10 +137,16 @@ class Embedder:
     optional shift) through the LM head and keeps the top-k tokens; selection is by raw logit,
     ties go to the lower token id; ``weighting`` maps logits to weights (``logit``; ``relu`` =
     max(logit, 0); ``log1p_relu`` = log(1 + max(logit, 0))).
+
+    ``mesh`` (a ``jax.sharding.Mesh`` or ``"data=D,model=M"``; default: the model's own, else one
+    device) shards the step as :mod:`keytok_jax.sharding` says: parameters by the rules, batches
+    over ``data`` (rows per batch rounded up to a multiple of its size), the top-k over ``model``
+    (:func:`~keytok_jax.projection.sharded_topk_projection`: same ids and ties).
     """
 
     def __init__(self, model: KeytokModel, settings: EmbedSettings | None = None, *,
-                 shift: Shift | None = None, batch_tokens: int = 8192, vocab_chunk: int = 4096):
+                 shift: Shift | None = None, batch_tokens: int = 8192, vocab_chunk: int = 4096,
+                 mesh=None):
         self.model = model
         self.settings = settings or EmbedSettings()
         if model.tokenizer is None:
@@ -163,22 +169,43 @@ class Embedder:
         self._shift_vec = jnp.asarray(
             shift.lam * shift.direction if shift is not None else np.zeros(model.config.output_dim),
             jnp.float32)
+        self._setup_mesh(mesh)
+
+    def _setup_mesh(self, mesh):
+        """Without a mesh (and a model loaded without one) everything runs on the default device.
+        With one, parameters follow :mod:`keytok_jax.sharding` (moved there once if the model was
+        loaded elsewhere), batches are split over ``data`` and the top-k over ``model``."""
+        from . import sharding
+
+        self.mesh = sharding.parse_mesh(mesh) if mesh is not None else self.model.mesh
+        self.params = self.model.params
+        self.data_size = sharding.axis_size(self.mesh, "data")
+        if self.mesh is None:
+            return
+        from .loading.convert import abstract_variables
+
+        self._param_shardings = sharding.param_shardings(
+            abstract_variables(self.model.config, jnp.dtype(self.model.dtype)), self.mesh, self.model.config)
+        self.params = sharding.place(self.params, self._param_shardings)
+        self._batch_sharding = sharding.batch_sharding(self.mesh)
+        self._replicated = sharding.replicated(self.mesh)
+        self._shift_vec = sharding.place(np.asarray(self._shift_vec), self._replicated)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, model: str | KeytokModel = "smollm2-135m", *, dtype: str = "float32",
                         shift: Shift | str | None = None, batch_tokens: int = 8192,
-                        vocab_chunk: int = 4096, **settings) -> "Embedder":
+                        vocab_chunk: int = 4096, mesh=None, **settings) -> "Embedder":
         """``Embedder.from_pretrained("smollm2-135m", pooling="mean", prompt=..., instruction=...,
-        attention="causal", max_length=512, top_k=64, weighting="relu")``."""
+        attention="causal", max_length=512, top_k=64, weighting="relu", mesh="data=4,model=2")``."""
         if isinstance(model, str):
             from .loading import load_model
 
-            model = load_model(model, dtype=dtype)
+            model = load_model(model, dtype=dtype, mesh=mesh)
         if isinstance(shift, (str, Path)):
             shift = Shift.load(shift)
         return cls(model, EmbedSettings(**settings), shift=shift, batch_tokens=batch_tokens,
-                   vocab_chunk=vocab_chunk)
+                   vocab_chunk=vocab_chunk, mesh=mesh)
 
     # ------------------------------------------------------------------ device step
     def _step_fn(self):
@@ -186,17 +213,28 @@ class Embedder:
         s, chunk = self.settings, self.vocab_chunk
         head = "embed" if self.model.config.tie_word_embeddings else "lm_head"
 
+        mesh = self.mesh
+
         def step(params, ids, mask, pool_mask, shift_vec):
             hidden = module.apply({"params": params}, ids, mask)
             pooled = pool(hidden, pool_mask, s.pooling)
-            tok_ids, tok_w = topk_projection(pooled + shift_vec, params[head]["embedding"], s.top_k,
-                                             chunk=chunk, weighting=s.weighting)
+            if mesh is None:
+                tok_ids, tok_w = topk_projection(pooled + shift_vec, params[head]["embedding"], s.top_k,
+                                                 chunk=chunk, weighting=s.weighting)
+            else:
+                tok_ids, tok_w = sharded_topk_projection(pooled + shift_vec, params[head]["embedding"],
+                                                         s.top_k, mesh, chunk=chunk, weighting=s.weighting)
             dense = pooled[:, : s.matryoshka_dim] if s.matryoshka_dim else pooled
             if s.normalize:
                 dense = l2_normalize(dense)
             return dense, tok_ids, tok_w
 
-        return jax.jit(step)
+        if mesh is None:
+            return jax.jit(step)
+        rows = self._batch_sharding
+        # pjit semantics: parameters per the rules, batches split over data, outputs too.
+        return jax.jit(step, in_shardings=(self._param_shardings, rows, rows, rows, self._replicated),
+                       out_shardings=(rows, rows, rows))
 
     def _executable(self, rows: int, seq: int):
         key = (rows, seq)
@@ -205,7 +243,7 @@ class Embedder:
                 self._step = self._step_fn()
             t0 = time.perf_counter()
             spec = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
-            self._compiled[key] = self._step.lower(self.model.params, spec, spec, spec, self._shift_vec).compile()
+            self._compiled[key] = self._step.lower(self.params, spec, spec, spec, self._shift_vec).compile()
             self.stats.compile_seconds += time.perf_counter() - t0
             self.stats.compiles += 1
             self.stats.shapes.add(key)
@@ -214,11 +252,12 @@ class Embedder:
     def rows_for(self, seq: int, remaining: int | None = None) -> int:
         """Rows of a batch of length ``seq``: the token budget's share, or for a bucket's last
         batch the smallest of cap, cap/4, cap/16, ... that holds ``remaining`` (few shapes, little
-        padding for small inputs)."""
+        padding for small inputs). On a mesh, rounded up to a multiple of the ``data`` axis."""
         rows = max(1, self.batch_tokens // seq)
         while remaining is not None and rows > 1 and (rows // 4) >= remaining:
             rows //= 4
-        return rows
+        d = self.data_size
+        return -(-rows // d) * d
 
     # ------------------------------------------------------------------ host loop
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedDoc]:
@@ -258,8 +297,10 @@ class Embedder:
                 mask[j, : len(d.ids)] = 1
                 pool_mask[j, d.pool_start: len(d.ids)] = 1
             exe = self._executable(batch_rows, seq)
+            if self.mesh is not None:
+                ids, mask, pool_mask = (self._put_rows(a) for a in (ids, mask, pool_mask))
             pending.append((np.asarray(rows), batch_rows * seq,
-                            exe(self.model.params, ids, mask, pool_mask, self._shift_vec)))
+                            exe(self.params, ids, mask, pool_mask, self._shift_vec)))
             self.stats.batches += 1
             self.stats.padded_tokens += batch_rows * seq
             while len(pending) > in_flight:
@@ -272,6 +313,10 @@ class Embedder:
         self.stats.docs += n
         self.stats.real_tokens += int(out.lengths.sum())
         return out
+
+    def _put_rows(self, host: np.ndarray):
+        """A host batch split over ``data`` (each device gets only its rows)."""
+        return jax.make_array_from_callback(host.shape, self._batch_sharding, lambda idx: host[idx])
 
     def _plan(self, lengths: np.ndarray) -> Iterable[tuple[list[int], int]]:
         """(rows, seq) batches: rows sorted by length, each in the smallest bucket that fits."""

@@ -38,6 +38,7 @@ class KeytokModel:
     dtype: str = "float32"
     source: str = ""
     load_info: dict = field(default_factory=dict)
+    mesh: Any = None   # the jax.sharding.Mesh the parameters are laid out on (None: one device)
 
     def module(self, attention: str = "causal", all_layers: bool = False):
         if attention not in ATTENTION_MODES:

@@ -43,7 +43,8 @@ def _weights(logits, weighting):
 
 
 @partial(jax.jit, static_argnames=("k", "chunk", "weighting"))
-def topk_projection(pooled, lm_head, k: int, *, chunk: int = 8192, weighting: str = "logit"):
+def topk_projection(pooled, lm_head, k: int, *, chunk: int = 8192, weighting: str = "logit",
+                    id_offset=None, num_valid=None):
     """Top-``k`` tokens of the LM-head projection of ``pooled [B, D]`` through ``lm_head [V, D]``.
 
     ``logits[b, v] = Σ_d pooled[b, d] · lm_head[v, d]``, computed in float32 (both operands cast,
@@ -78,6 +79,11 @@ def topk_projection(pooled, lm_head, k: int, *, chunk: int = 8192, weighting: st
 
     Logits are assumed finite (no NaN/inf in ``pooled`` or ``lm_head``). ``1 ≤ k ≤ V`` and
     ``chunk ≥ 1``, else ValueError (raised at trace time).
+
+    For a slice of a larger head (the vocabulary-sharded path, :func:`sharded_topk_projection`):
+    ``id_offset`` (int or traced scalar) is added to the returned ids, and rows ``≥ num_valid``
+    (padding) are treated like the overlap rows above: logit ``-inf`` and the sentinel id
+    ``2**31 - 1``, never selected over a real row. Both default to off (the code path above).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -107,6 +113,8 @@ def topk_projection(pooled, lm_head, k: int, *, chunk: int = 8192, weighting: st
                                  preferred_element_type=jnp.float32)                   # [B, c]
         ids = start + jnp.arange(c, dtype=jnp.int32)                # [c], increasing
         fresh = ids >= seen                                         # False only on overlap rows
+        if num_valid is not None:
+            fresh = fresh & (ids < num_valid)                       # padding rows of a shard
         # -0.0 → +0.0: lax.top_k orders -0.0 below +0.0, numpy (and lax.sort) treat them as equal.
         logits = jnp.where(fresh[None, :], jnp.where(logits == 0.0, 0.0, logits), -jnp.inf)
         vals, pos = lax.top_k(logits, kc)                           # ties: lower position first
@@ -118,4 +126,49 @@ def topk_projection(pooled, lm_head, k: int, *, chunk: int = 8192, weighting: st
 
     init = (jnp.full((B, k), -jnp.inf, jnp.float32), jnp.full((B, k), _SENTINEL_ID, jnp.int32))
     (vals, ids), _ = lax.scan(step, init, jnp.arange(n_chunks, dtype=jnp.int32))
+    if id_offset is not None:
+        ids = jnp.where(ids == _SENTINEL_ID, ids, ids + jnp.asarray(id_offset, jnp.int32))
     return ids, _weights(vals, weighting)
+
+
+def sharded_topk_projection(pooled, lm_head, k: int, mesh, *, chunk: int = 8192,
+                            weighting: str = "logit", axis: str = "model", batch_axis: str | None = "data"):
+    """:func:`topk_projection` with the vocabulary split over the mesh axis ``axis``: the same ids
+    (ties to the lower id) and weights as the single-device call.
+
+    Called inside a jit over ``mesh``. ``lm_head [V, D]`` is laid out ``P(axis, None)`` (when
+    ``V`` is not a multiple of the axis size ``M`` it is first padded to ``M * ceil(V / M)`` rows;
+    the padding rows get logit ``-inf`` and can never be selected). Each shard takes the top
+    ``min(k, V / M)`` of its slice with :func:`topk_projection` (chunked, ids offset by the
+    shard's first row), the shards' candidates are all-gathered over ``axis`` and merged by the
+    same two-key ``lax.sort`` on ``(-logit, id)``. The global top-k of a row is the top-k of the
+    union of the per-shard top-k, so the result equals the unsharded one. ``pooled [B, D]`` is
+    split over ``batch_axis`` (rows) and must be the same on every ``axis`` shard.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    from jax.sharding import PartitionSpec as P
+
+    m = int(mesh.shape[axis])
+    V = lm_head.shape[0]
+    if not isinstance(k, int) or not 1 <= k <= V:
+        raise ValueError(f"k must be an int in [1, V={V}], got {k!r}")
+    if m == 1:
+        return topk_projection(pooled, lm_head, k, chunk=chunk, weighting=weighting)
+    per = -(-V // m)
+    if per * m != V:
+        lm_head = jnp.pad(lm_head, ((0, per * m - V), (0, 0)))
+    k_local = min(k, per)
+    rows = P(batch_axis, None) if batch_axis and batch_axis in mesh.axis_names else P(None, None)
+
+    def local(x, head):
+        start = lax.axis_index(axis) * per
+        ids, logits = topk_projection(x, head, k_local, chunk=chunk, weighting="logit",
+                                      id_offset=start, num_valid=V - start)
+        all_ids = lax.all_gather(ids, axis, axis=1, tiled=True)          # [b, m * k_local]
+        all_logits = lax.all_gather(logits, axis, axis=1, tiled=True)
+        neg, merged = lax.sort((-all_logits, all_ids), dimension=1, num_keys=2)
+        return merged[:, :k], _weights(-neg[:, :k], weighting)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(axis, None)), out_specs=(rows, rows),
+                         check_vma=False)(pooled.astype(jnp.float32), lm_head)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from ..model import KeytokModel
 from ..models import UnsupportedConfigError, config_from_hf
 from . import cache as param_cache
-from .convert import NP_DTYPES, abstract_params, convert
+from .convert import NP_DTYPES, abstract_params, abstract_variables, convert
 from .gguf_file import GGUFSource, gguf_tokenizer, hf_config_dict, open_reader
 from .sources import WeightError, folder_source
 
@@ -114,16 +114,23 @@ def _weight_files(folder: Path) -> list[Path]:
     return [f for f in (folder / "model.safetensors", folder / "pytorch_model.bin") if f.exists()]
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache: bool = True) -> KeytokModel:
+def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache: bool = True,
+               mesh=None) -> KeytokModel:
     """Load a decoder LM as a :class:`KeytokModel`.
 
     ``name_or_path``: the alias ``smollm2-135m``, a Hugging Face folder (config.json +
     safetensors / pytorch_model.bin, single or sharded), a ``.gguf`` file (or a folder holding one),
     or a hub id. ``dtype``: ``float32`` or ``bfloat16``. ``cache``: reuse / store the converted
-    parameters (see :mod:`keytok_jax.loading.cache`).
+    parameters (see :mod:`keytok_jax.loading.cache`). ``mesh``: a ``jax.sharding.Mesh`` or a spec
+    such as ``"data=4,model=2"`` (see :mod:`keytok_jax.sharding`); the parameters are then placed
+    with the rules' shardings, each device receiving only its slice (from the cache, orbax restores
+    each shard onto its device directly). ``None``: everything on the default device.
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    from .. import sharding
+
+    mesh = sharding.parse_mesh(mesh)
     t0 = time.perf_counter()
     path = resolve(name_or_path)
     gguf_path = _gguf_file(path)
@@ -140,7 +147,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
         tokenizer = _tokenizer(param_cache.entry(key) / "tokenizer") if hit["tokenizer"] else None
         cfg = config_from_hf(hf)
         try:
-            params = param_cache.restore(key, abstract_params(cfg, jnp.dtype(NP_DTYPES[dtype])))
+            params = param_cache.restore(key, _abstract_target(cfg, dtype, mesh))
             from_cache = True
         except Exception as e:  # a damaged cache entry is rebuilt, never trusted
             log.warning("ignoring unreadable parameter cache %s: %s", key, e)
@@ -162,13 +169,34 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
             tokenizer = _tokenizer(folder)
             source = folder_source(folder)
         cfg = config_from_hf(hf)
-        params = jax.tree.map(jnp.asarray, convert(cfg, source, dtype))
+        converted = convert(cfg, source, dtype)
+        if mesh is None:
+            params = jax.tree.map(jnp.asarray, converted)
+        else:
+            params = sharding.place(converted, _shardings(cfg, dtype, mesh))
+        del converted
         if cache:
             param_cache.save(key, params, hf.to_dict(), tokenizer)
     info = {"seconds": time.perf_counter() - t0, "from_cache": from_cache,
-            "cache_key": key, "files": [str(f) for f in files]}
+            "cache_key": key, "files": [str(f) for f in files], "mesh": sharding.mesh_str(mesh)}
     return KeytokModel(config=cfg, params=params, tokenizer=tokenizer, dtype=dtype,
-                       source=str(path), load_info=info)
+                       source=str(path), load_info=info, mesh=mesh)
+
+
+def _shardings(cfg, dtype: str, mesh):
+    from .. import sharding
+
+    return sharding.param_shardings(abstract_variables(cfg, jnp.dtype(NP_DTYPES[dtype])), mesh, cfg)
+
+
+def _abstract_target(cfg, dtype: str, mesh):
+    """Restore target: ShapeDtypeStructs, with the rules' shardings when a mesh is given (orbax then
+    reads only each device's slice)."""
+    abstract = abstract_params(cfg, jnp.dtype(NP_DTYPES[dtype]))
+    if mesh is None:
+        return abstract
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, _shardings(cfg, dtype, mesh))
 
 
 __all__ = ["load_model", "resolve", "DEFAULT_MODEL", "WeightError"]
