@@ -177,6 +177,12 @@ def run(opts: dict) -> dict:
     # collective over global arrays; here each process holds its own copy).
     model = load_model(opts["model"], dtype=opts["dtype"], mesh=opts.get("mesh"), cache=nproc == 1)
     load_seconds = time.perf_counter() - t_start
+    if shift is not None and shift.model_hash:
+        from .spectral import model_hash
+
+        if shift.model_hash != model_hash(model):
+            raise ValueError(f"{opts['shift']} was computed for another model (LM-head hash "
+                             f"{shift.model_hash}, this model's is {model_hash(model)})")
     embedder = Embedder(model, settings, shift=shift, batch_tokens=opts["batch_tokens"],
                         vocab_chunk=opts["vocab_chunk"])
     input_path = Path(opts["input"]).resolve()
