@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,20 @@ def shared_or_skip(path: Path) -> Path:
 def _isolated_param_cache(tmp_path_factory, monkeypatch):
     # Converted-parameter caches of one test never leak into another.
     monkeypatch.setenv("KEYTOK_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "param-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's real tokenizer: CLI and job tests run in seconds."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    shared_or_skip(SMOLLM2_DIR)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    folder = tmp_path_factory.mktemp("tiny-smol")
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(SMOLLM2_DIR / f, folder / f)
+    return folder

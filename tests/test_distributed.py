@@ -2,7 +2,6 @@
 store identical to a one-process run; killing one mid-run and rerunning both completes it."""
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,25 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SMOLLM2_DIR, shared_or_skip
 
 from keytok_jax import store as store_lib
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    shared_or_skip(SMOLLM2_DIR)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny-dist")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(SMOLLM2_DIR / f, folder / f)
-    return folder
 
 
 @pytest.fixture(scope="module")

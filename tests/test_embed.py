@@ -1,7 +1,6 @@
 """The embedding job: Embedder API, CLI end to end, resume after SIGKILL, bad inputs."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED, SMOLLM2_DIR, SMOLLM2_GGUF, shared_or_skip
+from conftest import SHARED, SMOLLM2_GGUF, shared_or_skip
 
 import keytok_jax
 from keytok_jax import store as store_lib
@@ -26,21 +25,6 @@ def smollm2():
     return keytok_jax.load_model(str(shared_or_skip(SMOLLM2_GGUF)))
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's real tokenizer: the CLI runs in seconds."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    shared_or_skip(SMOLLM2_DIR)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                   bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny-smol")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(SMOLLM2_DIR / f, folder / f)
-    return folder
 
 
 def assert_same_vectors(got, want, tol=1e-5):

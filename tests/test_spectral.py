@@ -3,11 +3,10 @@ the official alignment metrics on hand-built cases, the CLI end to end on a tiny
 store), and on SmolLM2 + STS-B: the uncentered first-component shift raises local alignment."""
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
-from conftest import SHARED, SMOLLM2_DIR, SMOLLM2_GGUF, shared_or_skip
+from conftest import SHARED, SMOLLM2_GGUF, shared_or_skip
 
 import keytok_jax
 from keytok_jax import spectral as sp
@@ -218,21 +217,6 @@ def test_read_texts_sts_and_stsb(tmp_path):
 
 # ------------------------------------------------------------------ tiny model: shift artifact + CLI
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's real tokenizer (as tests/test_embed.py)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    shared_or_skip(SMOLLM2_DIR)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                   bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny-smol")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(SMOLLM2_DIR / f, folder / f)
-    return folder
 
 
 TEXTS = ["YMCA in South Australia", "A man is playing a flute.", "", "The cat sat on the mat, the cat did.",
