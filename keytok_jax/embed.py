@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from . import store as store_lib
@@ -301,16 +300,15 @@ def run(opts: dict) -> dict:
         manifest = store_lib.open(opts["output"]).manifest
     wall = time.perf_counter() - t_start
     st = embedder.stats
-    flags = np.asarray(store_lib.open(opts["output"]).flags.read().result())
+    counters = manifest["counters"]  # sums of the shard records' flag counts
     summary = {
         "store": str(opts["output"]), "mesh": model.load_info.get("mesh") or "single device",
         **({"process": f"{pid} of {nproc}"} if nproc > 1 else {}),
         "rows": manifest["num_rows"], "shards": n_shards,
         "shards_reused": reused, "docs_embedded": embedded_docs, "real_tokens": st.real_tokens,
         "padded_tokens": st.padded_tokens, "padding_fraction": round(st.padding_fraction, 4),
-        "truncated": int(((flags & store_lib.FLAG_TRUNCATED) > 0).sum()),
-        "empty": int(((flags & store_lib.FLAG_EMPTY) > 0).sum()),
-        "replaced_utf8": int(((flags & store_lib.FLAG_REPLACED) > 0).sum()),
+        "truncated": counters["truncated"], "empty": counters["empty"],
+        "replaced_utf8": counters["replaced"],
         "rejected": read_stats.rejected, "compiles": st.compiles,
         "compile_seconds": round(st.compile_seconds, 2), "load_seconds": round(load_seconds, 2),
         "wall_seconds": round(wall, 2),

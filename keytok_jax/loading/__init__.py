@@ -3,7 +3,6 @@ weights, convert once and cache the result with orbax."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -17,7 +16,7 @@ from ..models import UnsupportedConfigError, config_from_hf
 from . import cache as param_cache
 from .convert import NP_DTYPES, abstract_params, abstract_variables, convert
 from .gguf_file import GGUFSource, gguf_tokenizer, hf_config_dict, open_reader
-from .sources import WeightError, folder_source
+from .sources import WeightError, folder_source, weight_files
 
 log = logging.getLogger("keytok_jax")
 
@@ -106,12 +105,9 @@ _BESIDE = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (folder / index_name).exists():
-            weight_map = json.loads((folder / index_name).read_text())["weight_map"]
-            return [folder / index_name] + [folder / f for f in sorted(set(weight_map.values()))
-                                            if (folder / f).exists()]
-    return [f for f in (folder / "model.safetensors", folder / "pytorch_model.bin") if f.exists()]
+    """The files a folder's parameters come from (the index too), for the cache key."""
+    _, files, index = weight_files(folder)
+    return ([index] if index else []) + files
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache: bool = True,

@@ -180,9 +180,9 @@ class TorchBinSource(TensorSource):
         return self._tensors[name]
 
 
-def folder_source(folder: Path) -> TensorSource:
-    """The weights of a Hugging Face folder: safetensors preferred, then pytorch_model.bin;
-    single files or sharded with an index."""
+def weight_files(folder: Path) -> tuple[str, list[Path], Path | None]:
+    """(``"st"`` or ``"bin"``, weight files, index file or None) of a Hugging Face folder:
+    safetensors preferred, then pytorch_model.bin; single files or sharded with an index."""
     for index_name, kind in (("model.safetensors.index.json", "st"), ("pytorch_model.bin.index.json", "bin")):
         index_path = folder / index_name
         if index_path.exists():
@@ -191,10 +191,15 @@ def folder_source(folder: Path) -> TensorSource:
             for f in files:
                 if not f.exists():
                     raise WeightError(f"{index_path} lists shard {f.name}, which is missing")
-            return SafetensorsSource(files) if kind == "st" else TorchBinSource(files)
-    if (folder / "model.safetensors").exists():
-        return SafetensorsSource([folder / "model.safetensors"])
-    if (folder / "pytorch_model.bin").exists():
-        return TorchBinSource([folder / "pytorch_model.bin"])
+            return kind, files, index_path
+    for name, kind in (("model.safetensors", "st"), ("pytorch_model.bin", "bin")):
+        if (folder / name).exists():
+            return kind, [folder / name], None
     raise WeightError(f"no weight file in {folder} (looked for model.safetensors[.index.json] "
                       f"and pytorch_model.bin[.index.json])")
+
+
+def folder_source(folder: Path) -> TensorSource:
+    """The weights of a Hugging Face folder (see :func:`weight_files`)."""
+    kind, files, _ = weight_files(folder)
+    return SafetensorsSource(files) if kind == "st" else TorchBinSource(files)
