@@ -132,7 +132,8 @@ def topk_projection(pooled, lm_head, k: int, *, chunk: int = 8192, weighting: st
 
 
 def sharded_topk_projection(pooled, lm_head, k: int, mesh, *, chunk: int = 8192,
-                            weighting: str = "logit", axis: str = "model", batch_axis: str | None = "data"):
+                            weighting: str = "logit", axis: str = "model", batch_axis: str | None = "data",
+                            num_valid: int | None = None):
     """:func:`topk_projection` with the vocabulary split over the mesh axis ``axis``: the same ids
     (ties to the lower id) and weights as the single-device call.
 
@@ -144,6 +145,8 @@ def sharded_topk_projection(pooled, lm_head, k: int, mesh, *, chunk: int = 8192,
     same two-key ``lax.sort`` on ``(-logit, id)``. The global top-k of a row is the top-k of the
     union of the per-shard top-k, so the result equals the unsharded one. ``pooled [B, D]`` is
     split over ``batch_axis`` (rows) and must be the same on every ``axis`` shard.
+    ``num_valid``: only the first ``num_valid`` rows of ``lm_head`` are candidates (the rest is
+    the caller's padding, e.g. a document matrix padded to a multiple of the devices).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -153,8 +156,12 @@ def sharded_topk_projection(pooled, lm_head, k: int, mesh, *, chunk: int = 8192,
     V = lm_head.shape[0]
     if not isinstance(k, int) or not 1 <= k <= V:
         raise ValueError(f"k must be an int in [1, V={V}], got {k!r}")
+    valid = V if num_valid is None else int(num_valid)
+    if not 1 <= k <= valid:
+        raise ValueError(f"k must be in [1, num_valid={valid}], got {k}")
     if m == 1:
-        return topk_projection(pooled, lm_head, k, chunk=chunk, weighting=weighting)
+        return topk_projection(pooled, lm_head, k, chunk=chunk, weighting=weighting,
+                               num_valid=None if valid == V else valid)
     per = -(-V // m)
     if per * m != V:
         lm_head = jnp.pad(lm_head, ((0, per * m - V), (0, 0)))
@@ -164,7 +171,7 @@ def sharded_topk_projection(pooled, lm_head, k: int, mesh, *, chunk: int = 8192,
     def local(x, head):
         start = lax.axis_index(axis) * per
         ids, logits = topk_projection(x, head, k_local, chunk=chunk, weighting="logit",
-                                      id_offset=start, num_valid=V - start)
+                                      id_offset=start, num_valid=valid - start)
         all_ids = lax.all_gather(ids, axis, axis=1, tiled=True)          # [b, m * k_local]
         all_logits = lax.all_gather(logits, axis, axis=1, tiled=True)
         neg, merged = lax.sort((-all_logits, all_ids), dimension=1, num_keys=2)

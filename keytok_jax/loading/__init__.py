@@ -110,6 +110,29 @@ def _weight_files(folder: Path) -> list[Path]:
     return ([index] if index else []) + files
 
 
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """Only the tokenizer of a model (what inference-free queries need): from the folder's
+    tokenizer files, else from a cached conversion of the model, else rebuilt from the GGUF
+    metadata. No weights are read."""
+    path = resolve(name_or_path)
+    gguf_path = _gguf_file(path)
+    folder = gguf_path.parent if gguf_path is not None else path
+    tokenizer = _tokenizer(folder)
+    if tokenizer is not None or gguf_path is None:
+        if tokenizer is None:
+            raise FileNotFoundError(f"{folder} has no tokenizer files")
+        return tokenizer
+    files = [gguf_path] + [folder / f for f in _BESIDE if (folder / f).exists()]
+    for dtype in ("float32", "bfloat16"):
+        hit = param_cache.lookup(param_cache.cache_key(files, dtype))
+        if hit is not None and hit["tokenizer"]:
+            return _tokenizer(param_cache.entry(param_cache.cache_key(files, dtype)) / "tokenizer")
+    reader = open_reader(gguf_path)
+    if "tokenizer.ggml.tokens" not in reader.fields:
+        raise FileNotFoundError(f"{gguf_path} carries no tokenizer and none lies beside it")
+    return gguf_tokenizer(gguf_path, reader)
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache: bool = True,
                mesh=None) -> KeytokModel:
     """Load a decoder LM as a :class:`KeytokModel`.
@@ -195,4 +218,4 @@ def _abstract_target(cfg, dtype: str, mesh):
                         abstract, _shardings(cfg, dtype, mesh))
 
 
-__all__ = ["load_model", "resolve", "DEFAULT_MODEL", "WeightError"]
+__all__ = ["DEFAULT_MODEL", "WeightError", "load_model", "load_tokenizer", "resolve"]
