@@ -12,10 +12,11 @@ Documents are embedded once (``python -m keytok_jax.embed``); this module search
   the documents are split and per-device top-k merged, with the same ids and ties).
 * :class:`Searcher` — query modes over both:
 
-  ``tokens``  inference-free: the query's own token ids from the tokenizer (the text with a
-              leading space, so words take the word-initial form the LM head predicts; tokens
-              without a letter or digit left out), each weighted by the IDF of the document
-              index (``query_weights="binary"``: 1). No model.
+  ``tokens``  inference-free: the query's own token ids from the tokenizer, in both forms a
+              word takes (the text tokenized with a leading space, as mid-sentence words are,
+              and each word alone, as after a prompt's opening quote), tokens without a letter
+              or digit left out, each weighted by the IDF of the document index
+              (``query_weights="binary"``: 1). No model.
   ``encode``  the query through the store's model and settings → its top-k aligned tokens.
   ``expand``  ``tokens`` plus the query's top-M aligned tokens, the aligned weights rescaled so
               their largest equals the largest token weight.
@@ -32,6 +33,7 @@ Results are ``[(doc_id, score), ...]`` per query, best first; equal scores go to
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ MODES = ("tokens", "encode", "expand", "dense", "hybrid")
 QUERY_WEIGHTS = ("idf", "binary")
 FUSIONS = ("rrf", "weighted")
 RRF_K = 60
+_WORD = re.compile(r"\w[\w-]*")
 
 
 class IndexError_(Exception):
@@ -55,10 +58,12 @@ class IndexError_(Exception):
 
 
 def _store_stamp(store: store_lib.Store) -> dict:
-    # What identifies a finalized store's content for a derived index: rows, k and the time it was
-    # finalized (a rerun into the same path re-finalizes).
+    # A derived index is current when built from the same content: the shard records' checksums.
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([r.get("sha256") for r in store.shard_records()], sort_keys=True).encode())
     return {"num_rows": store.num_rows, "k": store.k, "vocab_size": store.vocab_size,
-            "finalized": store.manifest.get("finalized")}
+            "content": h.hexdigest()[:32]}
 
 
 def bm25_idf(doc_freq: np.ndarray, num_docs: int) -> np.ndarray:
@@ -132,8 +137,10 @@ class SparseIndex:
         postings = sp.csr_array((token_weights[keep], (token_ids[keep], rows)),
                                 shape=(vocab_size, n), dtype=np.float32)
         postings.sum_duplicates()
-        postings.indices = postings.indices.astype(np.int32, copy=False)
-        postings.indptr = postings.indptr.astype(np.int64, copy=False)
+        # scipy wants indices and indptr of one dtype (else it copies both on load to upcast).
+        index_dtype = np.int32 if postings.nnz < 2**31 and n < 2**31 else np.int64
+        postings.indices = postings.indices.astype(index_dtype, copy=False)
+        postings.indptr = postings.indptr.astype(index_dtype, copy=False)
         return cls(postings, token_ids, token_weights, list(ids),
                    {"format": INDEX_FORMAT, "num_docs": n, "k": k, "vocab_size": vocab_size,
                     "nnz": int(postings.nnz), **(meta or {})})
@@ -183,7 +190,7 @@ class SparseIndex:
     @classmethod
     def for_store(cls, store, directory=None, *, rebuild: bool = False) -> SparseIndex:
         """The saved index of a store (``STORE/index/sparse`` by default), built and saved first
-        when missing, stale (the store was re-finalized) or ``rebuild``."""
+        when missing, stale (built from other content) or ``rebuild``."""
         if not isinstance(store, store_lib.Store):
             store = store_lib.open(store)
         d = Path(directory) if directory else store.path / "index" / "sparse"
@@ -458,11 +465,18 @@ class Searcher:
 
     # -- query vectors
     def token_vectors(self, queries: Sequence[str]) -> sp.csr_array:
-        """``tokens`` mode: each query's distinct token ids (text with a leading space), weight
-        IDF or 1."""
+        """``tokens`` mode: each query's distinct token ids, weight IDF or 1 (see the module doc)."""
         enc = self.tokenizer([" " + q.strip() for q in queries], add_special_tokens=False)["input_ids"]
+        words = [_WORD.findall(q) for q in queries]
+        flat = [w for ws in words for w in ws]
+        bare = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
         word = self._word_tokens
-        ids = [sorted({t for t in row if word[t]}) for row in enc]
+        ids = []
+        for row, ws in zip(enc, words):
+            toks = set(row)
+            for _ in ws:
+                toks.update(next(bare))
+            ids.append(sorted(t for t in toks if word[t]))
         weights = [self._idf[t] if self.query_weights == "idf" else np.ones(len(t), np.float32) for t in ids]
         return self.sparse.query_matrix(ids, weights)
 
@@ -483,6 +497,17 @@ class Searcher:
         scale = np.divide(tok_max, aligned_max, out=np.ones_like(tok_max), where=aligned_max > 0)
         return (tok + sp.diags_array(scale.astype(np.float32)) @ aligned).tocsr()
 
+    def query_vectors(self, queries: Sequence[str], mode: str, encoded=None) -> sp.csr_array | None:
+        """The sparse query vectors ``[queries, vocab]`` a mode searches with (``hybrid``: those
+        of ``hybrid_sparse``; ``dense``: None). ``encoded``: the queries' EmbedOutput, if at hand."""
+        mode = self.hybrid_sparse if mode == "hybrid" else mode
+        if mode == "dense":
+            return None
+        if mode == "tokens":
+            return self.token_vectors(queries)
+        encoded = encoded if encoded is not None else self._encoded(queries)
+        return self._aligned_vectors(encoded) if mode == "encode" else self._expanded(queries, encoded)
+
     # -- search
     def search(self, queries: Sequence[str], mode: str = "tokens", k: int = 10) -> list[QueryResult]:
         if mode not in MODES:
@@ -492,14 +517,7 @@ class Searcher:
             return []
         # One model call gives a query's dense vector and its aligned tokens.
         out = self._encoded(queries) if mode != "tokens" else None
-        sparse_mode = self.hybrid_sparse if mode == "hybrid" else mode
-        vectors = None
-        if sparse_mode == "tokens":
-            vectors = self.token_vectors(queries)
-        elif sparse_mode == "encode":
-            vectors = self._aligned_vectors(out)
-        elif sparse_mode == "expand":
-            vectors = self._expanded(queries, out)
+        vectors = self.query_vectors(queries, mode, out)
         if mode == "dense":
             hits = self.dense.search(out.dense, k)
         elif mode == "hybrid":
@@ -525,3 +543,118 @@ class Searcher:
         """A document's top-n aligned tokens as strings."""
         ids, ws = self.sparse.doc_tokens[row][:n], self.sparse.doc_weights[row][:n]
         return [(self.tokenizer.decode([int(t)]), float(w)) for t, w in zip(ids, ws) if t >= 0]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def read_query_file(path) -> list[tuple[str, str]]:
+    """``(id, text)`` pairs from a BEIR ``queries.jsonl`` (``_id``/``text``), a TSV
+    (``id<TAB>text``) or a plain text file (one query per line, id = line number)."""
+    p = Path(path)
+    out = []
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if p.suffix in (".jsonl", ".json"):
+                try:
+                    row = json.loads(line)
+                    out.append((str(row["_id"]), str(row["text"])))
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{p}:{n}: not a query line with _id and text ({type(e).__name__}: {e})") from None
+            elif p.suffix == ".tsv":
+                qid, sep, text = line.partition("\t")
+                if not sep:
+                    raise ValueError(f"{p}:{n}: expected 'id<TAB>text'")
+                out.append((qid, text))
+            else:
+                out.append((str(n), line))
+    return out
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m keytok_jax.search", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search a store: ranked document ids, scores, and the tokens each document "
+                    "matched on.\n\n" + __doc__.split("\n\n", 2)[2])
+    p.add_argument("--store", required=True, help="store written by python -m keytok_jax.embed")
+    p.add_argument("--query", action="append", default=[], help="a query text; repeat for several")
+    p.add_argument("--queries", help="file of queries: BEIR queries.jsonl, id<TAB>text .tsv, or "
+                                     "one query per line")
+    p.add_argument("--mode", choices=MODES, default="tokens", help="query mode (default tokens: "
+                   "inference-free, needs only the tokenizer)")
+    p.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--format", choices=("text", "jsonl", "trec"), default="text",
+                   help="text: ranked lists with matched tokens (default); jsonl: one object per "
+                        "query; trec: a TREC run file (qid Q0 doc rank score tag)")
+    p.add_argument("--output", help="write results here instead of standard output")
+    p.add_argument("--show-tokens", type=int, default=6,
+                   help="text format: matched (or, for dense, the document's top) tokens shown per hit")
+    p.add_argument("--index", help="sparse index directory (default STORE/index/sparse; built on "
+                                   "first use and rebuilt when the store changes)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the sparse index")
+    p.add_argument("--query-weights", choices=QUERY_WEIGHTS, default="idf",
+                   help="tokens/expand: weight of a query token (default idf)")
+    p.add_argument("--expand-m", type=int, default=16, help="expand: aligned tokens added (default 16)")
+    p.add_argument("--hybrid-sparse", choices=("tokens", "encode", "expand"), default="expand",
+                   help="hybrid: the sparse side (default expand)")
+    p.add_argument("--fusion", choices=FUSIONS, default="weighted",
+                   help="hybrid: weighted (min-max normalised scores, default) or rrf (k=60)")
+    p.add_argument("--alpha", type=float, default=0.3, help="weighted fusion: sparse weight (default 0.3)")
+    p.add_argument("--shift", help="the shift file the store was embedded with, if any")
+    p.add_argument("--query-instruction", help="instruction for queries (asymmetric models)")
+    return p
+
+
+def main(argv=None) -> int:
+    import sys
+
+    args = build_parser().parse_args(argv)
+    try:
+        queries = [(str(i + 1), q) for i, q in enumerate(args.query)]
+        if args.queries:
+            queries += read_query_file(args.queries)
+        if not queries:
+            raise ValueError("no queries: pass --query TEXT or --queries FILE")
+        searcher = Searcher(args.store, index_dir=args.index, rebuild=args.rebuild,
+                            query_weights=args.query_weights, expand_m=args.expand_m,
+                            hybrid_sparse=args.hybrid_sparse, fusion=args.fusion, alpha=args.alpha,
+                            shift=args.shift, query_instruction=args.query_instruction)
+        results = searcher.search([q for _, q in queries], args.mode, args.k)
+    except (store_lib.StoreError, IndexError_, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for (qid, text), res in zip(queries, results):
+            if args.format == "trec":
+                for rank, (doc, s) in enumerate(res.hits, 1):
+                    out.write(f"{qid} Q0 {doc} {rank} {s:.6f} keytok-{args.mode}\n")
+                continue
+            matched = [[t for t, _, _ in searcher.explain(res, r)] for r in range(len(res.hits))]
+            if args.format == "jsonl":
+                out.write(json.dumps({"query_id": qid, "query": text, "hits": [
+                    {"id": d, "score": s, "matched_tokens": m} for (d, s), m in zip(res.hits, matched)]},
+                    ensure_ascii=False) + "\n")
+                continue
+            out.write(f"query {qid}: {text}\n")
+            if not res.hits:
+                out.write("  (no document shares a token with this query)\n")
+            for rank, ((doc, s), row) in enumerate(zip(res.hits, res.rows.tolist()), 1):
+                if res.vector is not None:
+                    why = ", ".join(repr(t) for t in matched[rank - 1][: args.show_tokens])
+                    why = f"matched {why}" if why else "matched nothing (fused from the dense list)"
+                else:
+                    why = "doc tokens " + ", ".join(repr(t) for t, _ in searcher.doc_tokens(row, args.show_tokens))
+                out.write(f"  {rank:3d}. {doc}  {s:.4f}  {why}\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
