@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from . import store as store_lib
 from .search import FUSIONS, MODES, QUERY_WEIGHTS, Searcher

@@ -46,7 +46,7 @@ def test_sparse_index_scores_and_ties(tmp_path):
     assert ix.postings.nnz == 3 + 3 + 3 + 3 + 2
     assert list(ix.doc_freq[[1, 2, 3, 0]]) == [2, 2, 3, 0]
     q = ix.query_matrix([[2], [1, 5], [3], [0, 42]], [[1.0], [1.0, 1.0], [1.0], [1.0, 1.0]])
-    (r0, s0), (r1, s1), (r2, s2), (r3, s3) = ix.search(q, k=10)
+    (r0, s0), (r1, s1), (r2, _), (r3, _) = ix.search(q, k=10)
     assert r0.tolist() == [1, 0] and s0.tolist() == [4.0, 2.0]
     # d0 = 3, d2 = 2, d3 = 1 + 1 = 2: the tie between d2 and d3 goes to the lower row.
     assert r1.tolist() == [0, 2, 3] and s1.tolist() == [3.0, 2.0, 2.0]
