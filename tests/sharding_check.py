@@ -7,7 +7,8 @@ model axis divides) with transformers, attaches SmolLM2's tokenizer, embeds the 
 one device and on meshes (8,1), (4,2), (2,4), (1,8), and writes per model and mesh: the max
 relative L2 error of the dense vectors, whether the top-k ids are identical, the max weight
 difference, each parameter's PartitionSpec (from the orbax cache path and from the convert path)
-and the fallback notes. The main pytest process has one CPU device, hence the subprocess.
+and the fallback notes; and the dense search index split over 2 and 8 devices against one
+device. The main pytest process has one CPU device, hence the subprocess.
 """
 import json
 import os
@@ -127,7 +128,28 @@ def main(smollm2_dir: str, work: str, out_path: str) -> None:
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         results[name] = per_mesh
+    results["dense_index"] = dense_index_check()
     Path(out_path).write_text(json.dumps(results, indent=1))
+
+
+def dense_index_check() -> dict:
+    """DenseIndex split over 8 devices (1,003 documents: not a multiple of 8, so padded) against
+    the single-device index: ids and cosines per device count."""
+    from keytok_jax.search import DenseIndex
+
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(1003, 16)).astype(np.float32)
+    docs[17] = docs[3]                       # an exact tie: the lower row must come first
+    queries = np.concatenate([rng.normal(size=(5, 16)), docs[3:4]]).astype(np.float32)
+    ids = [str(i) for i in range(len(docs))]
+    ref = DenseIndex(docs, ids, chunk=128).search(queries, k=20)
+    out = {}
+    for n in (2, 8):
+        got = DenseIndex(docs, ids, mesh=n, chunk=128).search(queries, k=20)
+        out[str(n)] = {"ids_equal": all(np.array_equal(a[0], b[0]) for a, b in zip(ref, got)),
+                       "max_score_diff": float(max(np.abs(a[1] - b[1]).max() for a, b in zip(ref, got))),
+                       "tie_order": [int(x) for x in got[-1][0][:2]]}
+    return out
 
 
 if __name__ == "__main__":

@@ -93,6 +93,13 @@ def test_parameter_specs_follow_the_rules(mesh_results, family, mesh):
     assert noted == replicated_for_divisibility
 
 
+@pytest.mark.parametrize("devices", ["2", "8"])
+def test_dense_index_over_devices_matches_one_device(mesh_results, devices):
+    r = mesh_results["dense_index"][devices]
+    assert r["ids_equal"] and r["max_score_diff"] <= 1e-5, r
+    assert r["tie_order"] == [3, 17]
+
+
 def test_parse_mesh_rules():
     assert sharding.parse_mesh_spec("data=4,model=2") == {"data": 4, "model": 2}
     assert sharding.parse_mesh_spec("model=2") == {"data": 1, "model": 2}
