@@ -1,0 +1,575 @@
+"""Throughput of keytok_jax's embedding pipeline against a Hugging Face transformers (PyTorch) baseline.
+
+Both sides embed the same documents (a BEIR ``corpus.jsonl``: title + " " + text, the first
+``--limit``) from the *same token ids*: the texts are tokenized once with keytok_jax's
+DocTokenizer and the preset's template (default configs/smollm2.yaml: PromptEOL prompt,
+last-token pooling, top-64 LM-head tokens, relu weights, max length 512), and both do the same
+work per document: a forward pass, the last token's final hidden state as the dense vector, and
+the top-k of ``pooled @ lm_head.T`` as the sparse vector.
+
+keytok
+    ``Embedder.embed_tokenized`` (the real path: length buckets, fixed (rows, seq) shapes,
+    in-flight batches, chunked top-k). Warm-up (``--keytok-warmup``): ``compile`` (default)
+    compiles every shape the run's batch plan needs before the clock starts (their time is
+    ``compile_seconds``; the timed pass then compiles nothing, but the first run of each program
+    still pays small one-time costs, visible only on tiny models); ``pass`` runs the whole input
+    once untimed first (compiling on the way), then times a second pass.
+baseline
+    ``AutoModelForCausalLM`` with the same weights (a GGUF is dequantized by transformers, a
+    folder read as is), ``torch.inference_mode()``, ``torch.set_num_threads(os.cpu_count())``,
+    documents sorted by length and padded per batch on the left, explicit ``position_ids``
+    counted from the first real token (as keytok does; RoPE makes this equivalent to any offset),
+    the base model's last hidden state at position -1, ``torch.topk`` over
+    ``pooled @ lm_head.weight.T``. The batch size is the best (real tokens/s) of a sweep
+    (``--batch-sizes``) on ``--sweep-docs`` documents: a contiguous block of the length-sorted
+    input around its median, so the sweep's batches pad like the full run's. Warm-up, untimed and
+    reported: the process's first forward (one short document, ``first_call_seconds``) and, per
+    batch size, one batch of the shortest documents (``warmup_seconds``).
+
+Reported per side: docs/s, real tokens/s (padding excluded), padding fraction, warm-up / compile
+seconds, achieved FLOP/s from the analytic count of keytok_jax.flops (``useful``: matmuls, causal
+attention pairs, the LM head once per document, over real tokens; ``padded``: what the
+implementation computes on its padded batches — keytok's blocked attention on bucket lengths,
+the chunked LM head on every row; the baseline's full ``L x L`` attention on each batch's
+longest length), MFU = useful FLOP/s / ``peak_flops``, where ``peak_flops`` is the best XLA float32
+matmul rate measured in this run (jitted, best of ``--peak-reps``; torch's best is reported for
+reference, and the baseline's MFU against it too), peak memory, and ``speedup`` = keytok /
+baseline real tokens/s. The outputs are compared: cosine of the dense vectors, overlap of the
+top-k ids.
+
+Memory: by default the baseline runs in a child process (this script with ``--baseline-worker``;
+token ids in, vectors out through an .npz), so each side's peak RSS (``rss_peak_mb``: VmHWM
+of a process that ran only that side, model loading included; both processes import
+transformers, which imports torch) is its own. ``--in-process`` runs both in this process: RSS is then sampled
+during each phase (``rss_phase_peak_mb``, ``rss_phase_increase_mb`` over the phase's start), and
+the second phase may reuse memory the first one freed. Either way, each phase samples RSS every
+20 ms.
+
+    python benchmarks/throughput.py --model smollm2-135m --dataset ../shared/data/scifact \\
+        --limit 200 --output out/throughput.json
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_CONFIG = ROOT / "configs" / "smollm2.yaml"
+# Representative shapes: SmolLM2's q/o and MLP projections over a 4096-token batch, and a large
+# square matmul (the best case of the BLAS/Eigen kernels).
+PEAK_SHAPES = ((4096, 576, 1536), (4096, 1536, 576), (4096, 576, 576), (4096, 4096, 4096))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+class RssSampler:
+    """Resident memory of this process sampled every ``interval`` s while the block runs."""
+
+    def __init__(self, interval: float = 0.02):
+        import psutil
+
+        self.proc, self.interval = psutil.Process(), interval
+        self.start = self.peak = self.end = 0
+
+    def __enter__(self):
+        self.start = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.end = self.proc.memory_info().rss
+        self.peak = max(self.peak, self.end)
+
+    def as_dict(self) -> dict:
+        mb = 1 / 2**20
+        return {"rss_phase_start_mb": round(self.start * mb, 1), "rss_phase_peak_mb": round(self.peak * mb, 1),
+                "rss_phase_increase_mb": round((self.peak - self.start) * mb, 1)}
+
+
+def max_rss_mb() -> float:
+    """Peak RSS of this process. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec,
+    so a child process would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def read_texts(dataset: str, limit: int | None) -> list[str]:
+    """The first ``limit`` documents of a BEIR folder / corpus file, title and text joined by a
+    space (as ``python -m keytok_jax.embed`` reads them)."""
+    from keytok_jax.readers import read_corpus
+
+    texts = []
+    for doc in read_corpus(dataset):
+        if limit is not None and len(texts) >= limit:
+            break
+        texts.append(doc.text)
+    return texts
+
+
+def load_settings(config: str | None, max_length: int | None):
+    import yaml
+
+    from keytok_jax import EmbedSettings
+
+    preset = yaml.safe_load(Path(config).read_text()) if config else {}
+    fields = set(EmbedSettings.__dataclass_fields__)
+    kw = {k: v for k, v in (preset or {}).items() if k in fields}
+    if max_length is not None:
+        kw["max_length"] = max_length
+    return EmbedSettings(**kw), (preset or {}).get("model")
+
+
+def matmul_peak(framework: str, shapes, reps: int) -> dict:
+    """Best float32 matmul FLOP/s per shape (``m x k @ k x n``: 2 m k n FLOPs), best of ``reps``
+    after one untimed call."""
+    out = {}
+    for m, k, n in shapes:
+        if framework == "xla":
+            import jax
+            import jax.numpy as jnp
+
+            a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32))
+            b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n), np.float32))
+            f = jax.jit(lambda x, y: x @ y)
+            def run(f=f, a=a, b=b):
+                return f(a, b).block_until_ready()
+        else:
+            import torch
+
+            a = torch.randn(m, k, dtype=torch.float32)
+            b = torch.randn(k, n, dtype=torch.float32)
+            def run(a=a, b=b):
+                return torch.mm(a, b)
+        run()
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
+        out[f"{m}x{k}@{k}x{n}"] = 2.0 * m * k * n / best
+    return {"per_shape": out, "best": max(out.values())}
+
+
+# ----------------------------------------------------------------------------- FLOP accounting
+
+def useful_flops(cfg, lengths) -> dict:
+    from keytok_jax import flops as F
+
+    total = F.corpus_flops(cfg, lengths, "sparse", count="useful")
+    return {"total": total.model, "matmul": total.matmul, "attention": total.attention,
+            "lm_head": total.lm_head, "per_real_token": total.model / max(int(np.sum(lengths)), 1),
+            "per_doc_mean": total.model / max(len(lengths), 1)}
+
+
+def keytok_padded_flops(cfg, batches, vocab_chunk: int, causal: bool) -> float:
+    from keytok_jax import flops as F
+
+    return sum(F.step_flops(cfg, rows, seq, sparse=True, count="implemented", causal=causal,
+                            vocab_chunk=vocab_chunk).model for rows, seq in batches)
+
+
+def baseline_padded_flops(cfg, batches) -> float:
+    from keytok_jax import flops as F
+
+    return sum(rows * F.doc_flops(cfg, seq, "sparse", count="full").model for rows, seq in batches)
+
+
+# ----------------------------------------------------------------------------- keytok side
+
+def keytok_batches(embedder, lengths) -> list[tuple[int, int]]:
+    """(rows, seq) of every batch ``embed_tokenized`` will run for these lengths (its own plan)."""
+    return [(embedder.rows_for(seq, len(rows)), seq) for rows, seq in embedder._plan(np.asarray(lengths))]
+
+
+def run_keytok(model, settings, docs, args) -> tuple[dict, object]:
+    from keytok_jax import Embedder
+    from keytok_jax.embedder import RunStats
+
+    lengths = np.array([len(d.ids) for d in docs], np.int32)
+    emb = Embedder(model, settings, batch_tokens=args.batch_tokens, vocab_chunk=args.vocab_chunk)
+    batches = keytok_batches(emb, lengths)
+    t0 = time.perf_counter()
+    if args.keytok_warmup == "pass":
+        emb.embed_tokenized(docs)
+    else:
+        for rows, seq in sorted(set(batches)):
+            emb._executable(rows, seq)
+    warm = time.perf_counter() - t0
+    compile_stats = (emb.stats.compiles, emb.stats.compile_seconds)
+    emb.stats = RunStats()
+    t0 = time.perf_counter()
+    out = emb.embed_tokenized(docs)
+    seconds = time.perf_counter() - t0
+    st = emb.stats
+    if st.compiles:
+        log(f"warning: the timed keytok pass compiled {st.compiles} programs ({st.compile_seconds:.1f} s)")
+    if st.padded_tokens != sum(r * s for r, s in batches):
+        log("warning: keytok's batch plan differs from the one this benchmark computed")
+    padded = keytok_padded_flops(model.config, batches, args.vocab_chunk, settings.attention == "causal")
+    res = {
+        "seconds": seconds, "docs": len(docs), "real_tokens": st.real_tokens,
+        "padded_tokens": st.padded_tokens, "padding_fraction": st.padding_fraction,
+        "batches": st.batches, "shapes": sorted([list(s) for s in set(batches)]),
+        "warmup": args.keytok_warmup, "warmup_seconds": warm,
+        "compiles": compile_stats[0], "compile_seconds": compile_stats[1],
+        "timed_pass_compiles": st.compiles, "timed_pass_compile_seconds": st.compile_seconds,
+        "batch_tokens": args.batch_tokens, "vocab_chunk": args.vocab_chunk,
+        "docs_per_s": len(docs) / seconds, "tokens_per_s": st.real_tokens / seconds,
+        "padded_flops": padded, "padded_flops_per_s": padded / seconds,
+    }
+    return res, out
+
+
+# ----------------------------------------------------------------------------- baseline side
+
+def hf_model(name: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from keytok_jax.loading import _gguf_file, resolve
+
+    path = resolve(name)
+    gguf = _gguf_file(path)
+    kw = {"dtype": {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]}
+    if gguf is not None:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **kw)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+    return model.eval()
+
+
+class TorchEmbedder:
+    """The baseline's per-batch work: forward, last-token pooling, LM-head top-k."""
+
+    def __init__(self, model, top_k: int, weighting: str):
+        import torch
+
+        self.torch = torch
+        self.base = model.base_model
+        self.head = model.get_output_embeddings().weight.detach().float()
+        self.k, self.weighting = top_k, weighting
+
+    def __call__(self, seqs: list[np.ndarray]):
+        torch = self.torch
+        L = max(len(s) for s in seqs)
+        ids = np.zeros((len(seqs), L), np.int64)
+        mask = np.zeros((len(seqs), L), np.int64)
+        for i, s in enumerate(seqs):
+            ids[i, L - len(s):] = s
+            mask[i, L - len(s):] = 1
+        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            hidden = self.base(input_ids=ids, attention_mask=mask, position_ids=positions,
+                               use_cache=False).last_hidden_state
+            pooled = hidden[:, -1].float()
+            vals, tok = torch.topk(pooled @ self.head.T, self.k, dim=-1)
+            if self.weighting == "relu":
+                vals = vals.clamp(min=0)
+            elif self.weighting == "log1p_relu":
+                vals = torch.log1p(vals.clamp(min=0))
+        return pooled.numpy(), tok.numpy().astype(np.int32), vals.numpy()
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    order = np.argsort(lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def run_batches(embed, seqs, batches, outputs=None) -> float:
+    t0 = time.perf_counter()
+    for b in batches:
+        pooled, tok, w = embed([seqs[i] for i in b])
+        if outputs is not None:
+            outputs[0][b], outputs[1][b], outputs[2][b] = pooled, tok, w
+    return time.perf_counter() - t0
+
+
+def run_baseline(seqs: list[np.ndarray], opts: dict) -> tuple[dict, tuple]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    res = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    t0 = time.perf_counter()
+    model = hf_model(opts["model"], opts["dtype"])
+    res["load_seconds"] = time.perf_counter() - t0
+    res["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    embed = TorchEmbedder(model, opts["top_k"], opts["weighting"])
+    lengths = np.array([len(s) for s in seqs])
+    real = int(lengths.sum())
+
+    def padded_of(batches):
+        return [(len(b), int(lengths[b].max())) for b in batches]
+
+    order = np.argsort(lengths, kind="stable")
+    t0 = time.perf_counter()
+    embed([seqs[order[0]]])                              # the process's first (cold) forward
+    first_call = time.perf_counter() - t0
+
+    def warm_up(bs):
+        # an untimed batch of the shortest documents: first use of this batch size, little compute
+        t0 = time.perf_counter()
+        embed([seqs[i] for i in order[:bs]])
+        return time.perf_counter() - t0
+
+    # Sweep on a contiguous block of the length-sorted input around the median length, so that
+    # its batches pad like the full run's (the first documents of a small subset would not).
+    m = min(opts["sweep_docs"], len(seqs))
+    lo = max(0, min(len(seqs) - m, len(seqs) // 2 - m // 2))
+    sub = order[lo:lo + m]
+    sub_real = int(lengths[sub].sum())
+    sweep = []
+    for bs in opts["batch_sizes"]:
+        batches = [sub[i:i + bs] for i in range(0, m, bs)]
+        warm = warm_up(bs)
+        secs = run_batches(embed, seqs, batches)
+        sub_padded = sum(r * s for r, s in padded_of(batches))
+        sweep.append({"batch_size": bs, "seconds": secs, "warmup_seconds": warm,
+                      "docs_per_s": m / secs, "tokens_per_s": sub_real / secs,
+                      "padding_fraction": 1 - sub_real / sub_padded})
+        log(f"  baseline sweep: batch {bs}: {sub_real / secs:,.0f} tokens/s")
+    best = max(sweep, key=lambda r: r["tokens_per_s"])["batch_size"]
+    batches = sorted_batches(lengths, best)
+    warm = warm_up(best)
+    n, k = len(seqs), opts["top_k"]
+    outputs = (np.zeros((n, embed.head.shape[1]), np.float32), np.zeros((n, k), np.int32),
+               np.zeros((n, k), np.float32))
+    secs = run_batches(embed, seqs, batches, outputs)
+    shapes = padded_of(batches)
+    padded = sum(r * s for r, s in shapes)
+    res.update({
+        "seconds": secs, "docs": n, "real_tokens": real, "padded_tokens": padded,
+        "padding_fraction": 1 - real / padded, "batches": len(batches), "batch_size": best,
+        "sweep_docs": m, "sweep_lengths": [int(lengths[sub].min()), int(lengths[sub].max())],
+        "sweep": sweep, "first_call_seconds": first_call,
+        "warmup_seconds": warm, "docs_per_s": n / secs, "tokens_per_s": real / secs,
+        "batch_shapes": shapes,
+    })
+    return res, outputs
+
+
+def baseline_worker(inp: str, outp: str) -> int:
+    """Child-process entry: token ids and options from ``inp`` (.npz), results to ``outp``."""
+    data = np.load(inp)
+    opts = json.loads(str(data["opts"]))
+    offsets = data["offsets"]
+    seqs = [data["ids"][offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    with RssSampler() as rss:
+        res, (pooled, ids, weights) = run_baseline(seqs, opts)
+    res.update(rss.as_dict(), rss_peak_mb=max_rss_mb())
+    if opts["torch_peak"]:   # after the run: its arrays stay out of the peak RSS
+        res["torch_peak"] = matmul_peak("torch", opts["peak_shapes"], opts["peak_reps"])
+    np.savez(outp, pooled=pooled, ids=ids, weights=weights, result=json.dumps(res))
+    return 0
+
+
+def baseline_in_child(seqs, opts) -> tuple[dict, tuple]:
+    with tempfile.TemporaryDirectory(prefix="keytok-bench-") as tmp:
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+        np.savez(Path(tmp) / "in.npz", ids=np.concatenate(seqs).astype(np.int32), offsets=offsets,
+                 opts=json.dumps(opts))
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--baseline-worker",
+                        str(Path(tmp) / "in.npz"), str(Path(tmp) / "out.npz")], check=True)
+        out = np.load(Path(tmp) / "out.npz")
+        return json.loads(str(out["result"])), (out["pooled"], out["ids"], out["weights"])
+
+
+# ----------------------------------------------------------------------------- comparison, report
+
+def agreement(a_dense, a_ids, b_dense, b_ids, valid) -> dict:
+    a, b = a_dense[valid].astype(np.float64), b_dense[valid].astype(np.float64)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    k = a_ids.shape[1]
+    overlap = np.array([len(set(x) & set(y)) / k for x, y in zip(a_ids[valid], b_ids[valid])])
+    return {"docs": int(valid.sum()), "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+            "topk_overlap_mean": float(overlap.mean()), "topk_overlap_min": float(overlap.min()),
+            "top1_agreement": float((a_ids[valid, 0] == b_ids[valid, 0]).mean()),
+            "same_order_fraction": float((a_ids[valid] == b_ids[valid]).all(1).mean()),
+            "cosine_ok": bool(cos.min() > 0.999)}
+
+
+def add_rates(side: dict, useful: float, peak: float, torch_peak: float | None) -> None:
+    side["flops_per_s"] = useful / side["seconds"]
+    side["padded_flops_per_s"] = side["padded_flops"] / side["seconds"]
+    side["mfu"] = side["flops_per_s"] / peak
+    side["mfu_padded"] = side["padded_flops_per_s"] / peak
+    if torch_peak:
+        side["mfu_vs_torch_peak"] = side["flops_per_s"] / torch_peak
+
+
+def markdown(r: dict) -> str:
+    def row(name, s):
+        mem = s.get("rss_peak_mb") or s.get("rss_phase_peak_mb")
+        mem = f"{mem:,.0f} MB" if mem else "-"
+        inc = s.get("rss_phase_increase_mb")
+        mem += f" (+{inc:,.0f})" if inc is not None else ""
+        warm = (f"{s['compile_seconds']:.1f} compile" if name == "keytok"
+                else f"{s['warmup_seconds']:.2f} warm-up (bs {s['batch_size']})")
+        return (f"| {name} | {s['docs_per_s']:.2f} | {s['tokens_per_s']:,.0f} | {s['padding_fraction']:.1%} | "
+                f"{warm} | {s['flops_per_s'] / 1e9:.1f} ({s['padded_flops_per_s'] / 1e9:.1f}) | "
+                f"{s['mfu']:.1%} | {mem} |")
+
+    c, ag, b = r["config"], r["agreement"], r["baseline"]
+    sweep = ", ".join(f"{x['batch_size']}: {x['tokens_per_s']:,.0f}" for x in b["sweep"])
+    lines = [
+        f"{c['docs']} docs of {c['dataset']}, max length {c['max_length']}, {c['dtype']}, "
+        f"{r['machine']['cpu_count']} CPU cores; peak matmul: XLA {r['peak_flops'] / 1e9:.0f} GFLOP/s"
+        + (f", torch {r['peak']['torch']['best'] / 1e9:.0f} GFLOP/s" if r["peak"].get("torch") else ""),
+        "",
+        "| pipeline | docs/s | real tokens/s | padding | warm-up s | GFLOP/s useful (padded) | MFU | peak RSS (+ in phase) |",
+        "|---|---|---|---|---|---|---|---|",
+        row("keytok", r["keytok"]), row("baseline", r["baseline"]),
+        "",
+        (f"speedup keytok/baseline: **{r['speedup']:.2f}x**; dense cosine min {ag['cosine_min']:.6f} "
+         f"(mean {ag['cosine_mean']:.6f}); top-{c['top_k']} overlap mean {ag['topk_overlap_mean']:.3f} "
+         f"(min {ag['topk_overlap_min']:.3f}), top-1 agreement {ag['top1_agreement']:.1%}"),
+        (f"baseline sweep ({b['sweep_docs']} docs of {b['sweep_lengths'][0]}-{b['sweep_lengths'][1]} "
+         f"tokens), real tokens/s by batch size: {sweep}; MFU = useful FLOP/s / XLA matmul peak"),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="alias, HF folder or .gguf (default: the preset's model)")
+    p.add_argument("--dataset", help="BEIR folder (corpus.jsonl) or corpus file")
+    p.add_argument("--limit", type=int, help="the first N documents (default: all)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="preset YAML (default: configs/smollm2.yaml)")
+    p.add_argument("--max-length", type=int, help="override the preset's max length")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--batch-sizes", default="4,8,16,32", help="baseline sweep")
+    p.add_argument("--sweep-docs", type=int, default=32, help="documents of the baseline sweep")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="keytok token budget per batch")
+    p.add_argument("--vocab-chunk", type=int, default=4096, help="keytok top-k vocabulary chunk")
+    p.add_argument("--keytok-warmup", choices=["compile", "pass"], default="compile")
+    p.add_argument("--in-process", action="store_true", help="run the baseline in this process too")
+    p.add_argument("--peak-reps", type=int, default=3)
+    p.add_argument("--peak-shapes", default=",".join("x".join(map(str, s)) for s in PEAK_SHAPES),
+                   help="matmul shapes MxKxN for the peak, comma-separated")
+    p.add_argument("--no-torch-peak", action="store_true", help="skip torch's matmul peak")
+    p.add_argument("--output", help="JSON results")
+    p.add_argument("--baseline-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.baseline_worker:
+        return baseline_worker(*args.baseline_worker)
+    if not args.dataset:
+        p.error("--dataset is required")
+
+    import jax
+
+    import keytok_jax
+    from keytok_jax.store import FLAG_EMPTY
+
+    load_start = os.getloadavg()
+    settings, preset_model = load_settings(args.config, args.max_length)
+    model_name = args.model or preset_model or keytok_jax.DEFAULT_MODEL
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.peak_shapes.split(",")]
+    texts = read_texts(args.dataset, args.limit)
+    if not texts:
+        raise SystemExit(f"{args.dataset}: no documents")
+
+    log(f"keytok: {model_name}, {len(texts)} docs ...")
+    with RssSampler() as rss_k:
+        model = keytok_jax.load_model(model_name, dtype=args.dtype)
+        from keytok_jax.prompts import DocTokenizer
+
+        docs = DocTokenizer(model.tokenizer, settings.template(), settings.max_length)(texts)
+        keytok, k_out = run_keytok(model, settings, docs, args)
+    keytok.update(rss_k.as_dict(), load_seconds=model.load_info["seconds"])
+    if not args.in_process:
+        keytok["rss_peak_mb"] = max_rss_mb()
+    log(f"  {keytok['tokens_per_s']:,.0f} tokens/s")
+    cfg = model.config
+    seqs = [np.asarray(d.ids, np.int32) for d in docs]
+    lengths = np.array([len(s) for s in seqs])
+    empty = np.array([bool(d.flags & FLAG_EMPTY) for d in docs])   # keytok gives them no tokens
+    del model
+    gc.collect()
+    # After the keytok phase so that its arrays do not count in keytok's peak RSS.
+    log("XLA matmul peak ...")
+    xla_peak = matmul_peak("xla", shapes, args.peak_reps)
+    log(f"  {xla_peak['best'] / 1e9:.1f} GFLOP/s")
+
+    opts = {"model": model_name, "dtype": args.dtype, "top_k": settings.top_k, "weighting": settings.weighting,
+            "batch_sizes": [int(b) for b in args.batch_sizes.split(",")], "sweep_docs": args.sweep_docs,
+            "torch_peak": not args.no_torch_peak, "peak_shapes": shapes, "peak_reps": args.peak_reps}
+    log(f"baseline ({'in process' if args.in_process else 'child process'}) ...")
+    if args.in_process:
+        with RssSampler() as rss_b:
+            baseline, b_out = run_baseline(seqs, opts)
+        baseline.update(rss_b.as_dict())
+        torch_peak = matmul_peak("torch", shapes, args.peak_reps) if opts["torch_peak"] else None
+    else:
+        baseline, b_out = baseline_in_child(seqs, opts)
+        torch_peak = baseline.pop("torch_peak", None)
+    log(f"  {baseline['tokens_per_s']:,.0f} tokens/s")
+
+    useful = useful_flops(cfg, lengths)
+    baseline["padded_flops"] = baseline_padded_flops(cfg, baseline["batch_shapes"])
+    peak = xla_peak["best"]
+    for side in (keytok, baseline):
+        add_rates(side, useful["total"], peak, torch_peak["best"] if torch_peak else None)
+    import torch
+    import transformers
+
+    result = {
+        "config": {"model": model_name, "dataset": str(args.dataset), "limit": args.limit, "docs": len(texts),
+                   "settings": settings.as_dict(), "max_length": settings.max_length, "dtype": args.dtype,
+                   "top_k": settings.top_k, "baseline_process": "in-process" if args.in_process else "child",
+                   "keytok_warmup": args.keytok_warmup},
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+                    "jax": jax.__version__, "torch": torch.__version__,
+                    "transformers": transformers.__version__, "python": platform.python_version()},
+        "peak_flops": peak,
+        "peak": {"xla": xla_peak, "torch": torch_peak},
+        "flops": {**useful, "model_config": {"hidden": cfg.hidden_size, "layers": cfg.num_layers,
+                                             "vocab": cfg.vocab_size},
+                  "notes": "useful: keytok_jax.flops doc_flops(sparse, useful) over real lengths; "
+                           "padded: keytok step_flops(implemented) per batch / baseline full attention "
+                           "per padded batch; elementwise work not counted"},
+        "keytok": keytok,
+        "baseline": baseline,
+        "speedup": keytok["tokens_per_s"] / baseline["tokens_per_s"],
+        "agreement": agreement(k_out.dense, k_out.token_ids, b_out[0], b_out[1], ~empty),
+    }
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2, default=float))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
