@@ -41,10 +41,11 @@ def test_attention_pairs():
         assert F.attention_pairs(T, count="useful") == T * (T + 1) // 2
         assert F.attention_pairs(T, causal=False, count="useful") == T * T
         assert F.attention_pairs(T, count="full") == T * T
-    assert ATTENTION_BLOCK == 128
-    assert F.attention_pairs(128, count="implemented") == 128 * 128
-    assert F.attention_pairs(256, count="implemented") == 3 * 256 * 256 // 4
-    assert F.attention_pairs(512, count="implemented") == 5 * 512 * 512 // 8
+    assert ATTENTION_BLOCK == 64
+    assert F.attention_pairs(64, count="implemented") == 64 * 64
+    assert F.attention_pairs(128, count="implemented") == 3 * 128 * 128 // 4
+    assert F.attention_pairs(256, count="implemented") == 5 * 256 * 256 // 8
+    assert F.attention_pairs(512, count="implemented") == 9 * 512 * 512 // 16
     assert F.attention_pairs(512, causal=False, count="implemented") == 512 * 512
     t = np.arange(40)
     diff = t[:, None] - t[None, :]

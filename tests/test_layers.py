@@ -21,7 +21,7 @@ def test_blocked_attention_equals_unblocked(causal, side):
     pos = layers.positions_from_mask(jnp.asarray(valid))
     for window in (0, 37):
         mask = layers.attention_mask(pos, jnp.asarray(valid), causal, window)
-        full = layers._attend(q, k, v, mask, 0.3, None)
+        full = layers.attend(q, k, v, mask, 0.3, None, causal=causal, block=t)   # one block
         blocked = layers.attend(q, k, v, mask, 0.3, None, causal=causal, block=64)
         real = valid.astype(bool)
         np.testing.assert_allclose(np.asarray(blocked)[real], np.asarray(full)[real], atol=1e-6)

@@ -140,39 +140,47 @@ def attention_mask(positions, valid, causal: bool, window):
     return allowed[:, None]
 
 
-ATTENTION_BLOCK = 128
+ATTENTION_BLOCK = 64
 
 
 def attend(q, k, v, mask, scale: float, softcap: float | None = None, causal: bool = False,
            block: int = ATTENTION_BLOCK):
     """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,1,T,S] → [B,T,H,hd].
 
-    Queries go in blocks of ``block`` rows so the float32 scores stay cache-sized; with ``causal``
-    a block only reads keys up to its last query (later keys are masked anyway: positions grow
-    with the index among real tokens), which halves the work on long sequences."""
-    t, s = q.shape[1], k.shape[1]
-    if t <= block:
-        return _attend(q, k, v, mask, scale, softcap)
+    Heads go first and a KV head's query group is folded into the rows (``[B, K, G*Tb, hd]``), so
+    both products are plain batched matmuls with the contraction last: XLA:CPU runs other
+    layouts of the same einsum about 2x slower. Queries go in blocks of ``block`` rows so the
+    float32 scores stay cache-sized; with ``causal`` a block only reads keys up to its last query
+    (later keys are masked anyway: positions grow with the index among real tokens), which
+    halves the work on long sequences. Block 64 vs 128 cut the attention time of a SmolLM2 layer
+    by a further ~20% at 512 tokens (less of the masked upper triangle is computed)."""
+    b, t, h, hd = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    g = h // kv
+    q = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4)        # [B, K, G, T, hd]
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)          # [B, K, S, hd]
     outs = []
     for start in range(0, t, block):
         stop = min(start + block, t)
         keys = min(stop, s) if causal else s
-        outs.append(_attend(q[:, start:stop], k[:, :keys], v[:, :keys], mask[:, :, start:stop, :keys],
-                            scale, softcap))
-    return jnp.concatenate(outs, axis=1)
+        outs.append(_attend(q[:, :, :, start:stop], k[:, :, :keys], v[:, :, :keys],
+                            mask[:, :, start:stop, :keys], scale, softcap))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
 def _attend(q, k, v, mask, scale, softcap):
-    b, t, h, hd = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    """One query block: q [B,K,G,Tb,hd], k/v [B,K,Sb,hd], mask [B,1,Tb,Sb] → [B,K,G,Tb,hd]."""
+    b, kv, g, t, hd = q.shape
+    s = k.shape[2]
+    scores = jnp.einsum("bkmd,bksd->bkms", q.reshape(b, kv, g * t, hd), k,
+                        preferred_element_type=jnp.float32).reshape(b, kv, g, t, s) * scale
     if softcap:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, hd)
+    out = jnp.einsum("bkms,bksd->bkmd", probs.reshape(b, kv, g * t, s), v)
+    return out.reshape(b, kv, g, t, hd)
 
 
 class Attention(nn.Module):
