@@ -20,7 +20,7 @@ counted is the ``count`` argument:
 - ``"implemented"``: what :func:`keytok_jax.models.layers.attend` computes. Up to
   ``ATTENTION_BLOCK`` queries: the full ``T^2`` (masked scores are still computed); longer
   sequences go in query blocks of ``ATTENTION_BLOCK`` and, causal, a block reads keys up to its
-  last query (``sum_b len_b * stop_b`` pairs: 3/4 of ``T^2`` at 2 blocks, 5/8 at 4, 9/16 at 8 (T=512));
+  last query (``sum_b len_b * stop_b`` pairs: 3/4 of ``T^2`` at 2 blocks, 5/8 at 4, 9/16 at 8, i.e. T = 128, 256, 512);
   windows are masked, never skipped. It also adds ``elementwise`` (below).
 - ``"full"``: ``T^2`` pairs, as a dense masked implementation computes them (e.g. transformers'
   eager / SDPA attention with a padding mask on CPU).
