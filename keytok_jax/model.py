@@ -39,6 +39,7 @@ class KeytokModel:
     source: str = ""
     load_info: dict = field(default_factory=dict)
     mesh: Any = None   # the jax.sharding.Mesh the parameters are laid out on (None: one device)
+    hf_config: dict = field(default_factory=dict)  # transformers config dict (what save_hf_folder writes)
 
     def module(self, attention: str = "causal", all_layers: bool = False):
         if attention not in ATTENTION_MODES:

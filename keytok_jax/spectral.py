@@ -672,7 +672,7 @@ def _sts_pairs(path: Path, gold: Path | None, min_score, cleanup: bool):
                 continue
         elif min_score is not None:
             raise ValueError(f"{path}: --min-score needs the gold file (--gold)")
-        pairs.append((i, cols[0].strip(), cols[1].strip()))
+        pairs.append((i, cols[0].strip(), cols[1].strip(), float(scores[i - 1]) if scores else None))
     return pairs
 
 
@@ -684,7 +684,7 @@ def _stsb_pairs(path: Path, min_score):
                 raise ValueError(f"{path}:{i}: expected STS-B columns (score in 5th, sentences in 6th and 7th)")
             if min_score is not None and not float(row[4]) > min_score:
                 continue
-            pairs.append((i, row[5], row[6]))
+            pairs.append((i, row[5], row[6], float(row[4])))
     return pairs
 
 

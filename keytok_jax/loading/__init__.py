@@ -16,6 +16,7 @@ from ..models import UnsupportedConfigError, config_from_hf
 from . import cache as param_cache
 from .convert import NP_DTYPES, abstract_params, abstract_variables, convert
 from .gguf_file import GGUFSource, gguf_tokenizer, hf_config_dict, open_reader
+from .save import save_hf_folder, unconvert
 from .sources import WeightError, folder_source, weight_files
 
 log = logging.getLogger("keytok_jax")
@@ -162,7 +163,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
     hit = param_cache.lookup(key) if cache else None
     params, from_cache = None, False
     if hit is not None:
-        hf = _hf_config(hit["hf_config"])
+        hf_dict = hit["hf_config"]
+        hf = _hf_config(hf_dict)
         tokenizer = _tokenizer(param_cache.entry(key) / "tokenizer") if hit["tokenizer"] else None
         cfg = config_from_hf(hf)
         try:
@@ -188,6 +190,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
             tokenizer = _tokenizer(folder)
             source = folder_source(folder)
         cfg = config_from_hf(hf)
+        hf_dict = hf.to_dict()
         converted = convert(cfg, source, dtype)
         if mesh is None:
             params = jax.tree.map(jnp.asarray, converted)
@@ -195,11 +198,11 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
             params = sharding.place(converted, _shardings(cfg, dtype, mesh))
         del converted
         if cache:
-            param_cache.save(key, params, hf.to_dict(), tokenizer)
+            param_cache.save(key, params, hf_dict, tokenizer)
     info = {"seconds": time.perf_counter() - t0, "from_cache": from_cache,
             "cache_key": key, "files": [str(f) for f in files], "mesh": sharding.mesh_str(mesh)}
     return KeytokModel(config=cfg, params=params, tokenizer=tokenizer, dtype=dtype,
-                       source=str(path), load_info=info, mesh=mesh)
+                       source=str(path), load_info=info, mesh=mesh, hf_config=hf_dict)
 
 
 def _shardings(cfg, dtype: str, mesh):
@@ -218,4 +221,4 @@ def _abstract_target(cfg, dtype: str, mesh):
                         abstract, _shardings(cfg, dtype, mesh))
 
 
-__all__ = ["DEFAULT_MODEL", "WeightError", "load_model", "load_tokenizer", "resolve"]
+__all__ = ["DEFAULT_MODEL", "WeightError", "load_model", "load_tokenizer", "resolve", "save_hf_folder"]

@@ -5,6 +5,10 @@ layer axis: ``hf_name`` holds ``{i}`` and the loader reads one tensor per layer.
 transformers tensor into the Flax value (``linear``: [out, in] → [in, out]); split hooks pick a
 piece of a fused tensor. Keeping names apart from values lets GGUF reuse the HF maps after
 renaming its tensors.
+
+Each hook also carries what export (:mod:`keytok_jax.loading.save`) needs to undo it: a plain hook
+has ``inverse`` (Flax value → transformers tensor); a split hook has ``part``, ``parts`` and
+``join`` (the Flax values of all ``parts`` pieces, in order → the fused transformers tensor).
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ class Entry:
 def linear(w: np.ndarray) -> np.ndarray:
     """torch.nn.Linear weight [out, in] → Flax kernel [in, out]."""
     return np.ascontiguousarray(w.T)
+
+
+linear.inverse = linear  # Flax kernel [in, out] → torch [out, in]: a transpose undoes itself
 
 
 def linear_entries(path: str, hf: str, bias: bool) -> list[Entry]:
@@ -67,6 +74,14 @@ def split_last_axis(part: int, parts: int) -> Callable[[np.ndarray], np.ndarray]
     def hook(w: np.ndarray) -> np.ndarray:
         size = w.shape[-1] // parts
         return np.ascontiguousarray(w[..., part * size:(part + 1) * size])
+
+    def join(pieces) -> np.ndarray:
+        """The fused tensor from the ``parts`` pieces (in order), the inverse of all hooks together."""
+        if len(pieces) != parts:
+            raise ValueError(f"join needs {parts} pieces, got {len(pieces)}")
+        return np.ascontiguousarray(np.concatenate(pieces, axis=-1))
+
+    hook.part, hook.parts, hook.join = part, parts, join
     return hook
 
 
@@ -155,6 +170,19 @@ def split_heads_rows(part: int, parts: int, heads: int, then=None) -> Callable[[
         rest = w.shape[1:]
         piece = w.reshape(heads, parts, -1, *rest)[:, part].reshape(-1, *rest)
         return then(piece) if then else np.ascontiguousarray(piece)
+
+    def join(pieces) -> np.ndarray:
+        """The fused tensor from the ``parts`` pieces (in order): undo ``then`` on each, then
+        interleave them per head back into rows [heads, parts, head_dim]."""
+        if len(pieces) != parts:
+            raise ValueError(f"join needs {parts} pieces, got {len(pieces)}")
+        if then is not None:
+            pieces = [then.inverse(p) for p in pieces]
+        rest = pieces[0].shape[1:]
+        per_head = [p.reshape(heads, 1, -1, *rest) for p in pieces]
+        return np.ascontiguousarray(np.concatenate(per_head, axis=1).reshape(-1, *rest))
+
+    hook.part, hook.parts, hook.join = part, parts, join
     return hook
 
 

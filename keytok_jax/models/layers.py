@@ -23,11 +23,33 @@ def logical(init, names):
     return nn.with_logical_partitioning(init, names)
 
 
-def dense(features: int, use_bias: bool, names: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
-    """A Linear layer; kernel is [in, out] (transformers stores [out, in])."""
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=dtype, name=name,
-                    kernel_init=logical(_init, names),
-                    bias_init=logical(nn.initializers.zeros_init(), names[-1:]))
+class Linear(nn.Module):
+    """``x @ kernel (+ bias)``, kernel [in, out] (transformers stores [out, in]), as ``nn.Dense``.
+
+    When the parameters passed to ``apply`` also hold ``lora_a [in, r]`` and ``lora_b [r, out]``
+    beside the kernel (fine-tuning, keytok_jax/train/objectives.py), it adds ``(x @ lora_a) @ lora_b``:
+    the frozen kernel then never needs a gradient, which halves the backward pass compared with
+    differentiating a merged ``kernel + lora_a @ lora_b``. Checkpoints never hold them."""
+    features: int
+    use_bias: bool
+    names: tuple[str, str]
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", logical(_init, self.names), (x.shape[-1], self.features), self.dtype)
+        y = jnp.dot(x, kernel.astype(x.dtype))
+        if self.has_variable("params", "lora_a"):
+            a, b = self.get_variable("params", "lora_a"), self.get_variable("params", "lora_b")
+            y = y + jnp.dot(jnp.dot(x, a.astype(x.dtype)), b.astype(x.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", logical(nn.initializers.zeros_init(), self.names[-1:]),
+                               (self.features,), self.dtype).astype(x.dtype)
+        return y
+
+
+def dense(features: int, use_bias: bool, names: tuple[str, str], dtype: Dtype, name: str) -> Linear:
+    return Linear(features, use_bias, names, dtype, name=name)
 
 
 ACTIVATIONS = {
