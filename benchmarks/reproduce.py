@@ -106,6 +106,12 @@ def main(argv=None) -> int:
                    help="SciFact documents added to the judged ones (default: %(default)s)")
     p.add_argument("--scifact-max-length", type=int, default=192, help="tokens per SciFact document "
                                                                         "(default: %(default)s)")
+    p.add_argument("--text-sets", nargs="+", default=["smtnews", "msmarco", "wiki"],
+                   help="alignment / variation text sets to run (default: all three); rerun with more "
+                        "to add them, finished steps are kept")
+    p.add_argument("--sts-from", metavar="SUMMARY_JSON",
+                   help="take STS-B from the summary.json of the finetune run (its --eval-sts before/after "
+                        "on the same test file) instead of measuring both models again")
     args = p.parse_args(argv)
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +128,7 @@ def main(argv=None) -> int:
     timings = {}
 
     for name, texts in sets.items():
-        if name == "scifact":
+        if name == "scifact" or not any(name.startswith(t) for t in args.text_sets):
             continue
         tag = name.replace(">", "gt")
         for role, margs in models.items():
@@ -147,7 +153,10 @@ def main(argv=None) -> int:
             out / tag / "backbone-shift-align" / "align.json", out / tag / "backbone-shift-align.log")
         (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
 
-    for role, margs in models.items():
+    if args.sts_from:
+        trained = json.loads(Path(args.sts_from).read_text())
+        summary["sts"] = {"backbone": trained["sts_before"], "embedder": trained["sts_after"]}
+    for role, margs in ([] if args.sts_from else models.items()):
         summary["sts"][role] = run_json(["keytok_jax.sts", *margs, str(STSB), "--output", str(out / f"sts-{role}.json")],
                                         out / f"sts-{role}.json", out / f"sts-{role}.log")["results"][0]
 
