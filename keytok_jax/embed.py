@@ -32,7 +32,7 @@ JOB_DEFAULTS = {
     "model": "smollm2-135m", "dtype": "float32", "dense": False, "shift": None,
     "format": "auto", "id_field": "_id", "text_fields": ["title", "text"], "on_error": "raise",
     "rejects": None, "shard_size": 1024, "batch_tokens": 8192, "vocab_chunk": 4096, "limit": None,
-    "mesh": None, "distributed": False, "coordinator": None, "num_processes": None, "process_id": None,
+    "mesh": None, "global_mesh": False, "distributed": False, "coordinator": None, "num_processes": None, "process_id": None,
 }
 SETTING_FIELDS = [f.name for f in EmbedSettings.__dataclass_fields__.values()]
 
@@ -104,9 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the three flags below, else the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
                         "JAX_PROCESS_ID environment variables, else JAX's auto-detection (SLURM, TPU pods, "
                         "Open MPI). Shard i of the store is embedded by process i mod N on its own devices "
-                        "(--mesh applies to each process's local devices); process 0 finalizes the store "
-                        "once every process has recorded its shards. Run the same command on every process; "
-                        "rerun them all to resume")
+                        "(--mesh applies to each process's local devices; see --global-mesh); process 0 "
+                        "finalizes the store once every process has recorded its shards. Run the same "
+                        "command on every process; rerun them all to resume")
+    d.add_argument("--global-mesh", action="store_true",
+                   help="with --distributed: --mesh spans the devices of all processes (config key: "
+                        "global_mesh), so the model axis can cross hosts (a model too big for one host). "
+                        "Processes then step in lock-step: each round, every group of processes that holds "
+                        "the same data rows embeds one shard, all run the same agreed sequence of batch "
+                        "shapes (a process with fewer batches runs empty, masked rows) and one process per "
+                        "group writes. Slower than the default when the model fits on one host")
     d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
     d.add_argument("--num-processes", type=int, help="number of processes in the job")
     d.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
@@ -172,9 +179,19 @@ def run(opts: dict) -> dict:
     settings = EmbedSettings(**{k: opts[k] for k in SETTING_FIELDS})
     shift = Shift.load(opts["shift"]) if opts.get("shift") else None
     pid, nproc = init_distributed(opts)
+    from . import sharding
+
+    if opts.get("global_mesh") and not opts.get("mesh"):
+        raise ValueError("--global-mesh needs --mesh (e.g. --mesh data=2,model=4)")
+    mesh = sharding.parse_mesh(opts.get("mesh"), global_mesh=bool(opts.get("global_mesh")))
+    # Shards go to groups of processes: each process alone, or with --global-mesh the processes
+    # that feed the same batch rows (sharding.process_groups); one process per group writes.
+    group, n_groups, writes_rows = pid, nproc, True
+    if sharding.spans_processes(mesh):
+        group, n_groups, _, writes_rows = sharding.process_groups(mesh)
     # Several processes: no orbax parameter cache (its multi-process saves and restores are
     # collective over global arrays; here each process holds its own copy).
-    model = load_model(opts["model"], dtype=opts["dtype"], mesh=opts.get("mesh"), cache=nproc == 1)
+    model = load_model(opts["model"], dtype=opts["dtype"], mesh=mesh, cache=nproc == 1)
     load_seconds = time.perf_counter() - t_start
     if shift is not None and shift.model_hash:
         from .spectral import model_hash
@@ -210,7 +227,7 @@ def run(opts: dict) -> dict:
     size = writer.shard_size
 
     def owned(index: int) -> bool:
-        return index % nproc == pid
+        return index % n_groups == group
 
     total = sum(min(size, total - i * size) for i in range(-(-total // size)) if owned(i))
 
@@ -222,7 +239,8 @@ def run(opts: dict) -> dict:
                    desc="embed" if nproc == 1 else f"embed [{pid}/{nproc}]")
     tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
     write_pool = ThreadPoolExecutor(1, thread_name_prefix="write")
-    writes, reused, n_shards, embedded_docs = [], 0, 0, 0
+    writes, embedded_docs = [], 0
+    tally = {"shards": 0, "reused": 0}
     t_embed = time.perf_counter()
 
     def shards():
@@ -258,31 +276,49 @@ def run(opts: dict) -> dict:
 
     def embed_and_write(index, shard_docs, tokenized):
         out = embedder.embed_tokenized(tokenized, on_batch=on_batch)
+        if index is None:
+            return 0
+        if not writes_rows:   # another process of the group writes these rows
+            return len(shard_docs)
         counters = {"replaced": int(sum(1 for d in shard_docs if d.flags & store_lib.FLAG_REPLACED))}
         writes.append(write_pool.submit(
             writer.write_shard, index, [d.id for d in shard_docs], out.token_ids, out.token_weights,
             out.lengths, out.flags, out.dense if dim else None, counters=counters))
-        return out
+        return len(shard_docs)
 
-    try:
-        pending = None  # (index, docs, future of tokenized docs): tokenization runs one shard ahead
+    def work():
+        """(index, docs) of the shards this process embeds. In lock-step (a mesh over several
+        processes) also (None, []) for each round of n_groups shards in which it has nothing to
+        embed (its shard is finished or past the end), since every process runs every round."""
+        round_has_work, last_round = False, -1
         for index, shard_docs in shards():
-            n_shards = index + 1
+            tally["shards"] = index + 1
+            r = index // n_groups
+            if embedder.lockstep and r != last_round:
+                if last_round >= 0 and not round_has_work:
+                    yield None, []
+                last_round, round_has_work = r, False
             if not owned(index):
                 continue
             if index in done:
-                reused += 1
+                tally["reused"] += 1
                 if bar:
                     bar.update(len(shard_docs))
                 continue
+            round_has_work = True
+            yield index, shard_docs
+        if embedder.lockstep and last_round >= 0 and not round_has_work:
+            yield None, []
+
+    try:
+        pending = None  # (index, docs, future of tokenized docs): tokenization runs one shard ahead
+        for index, shard_docs in work():
             future = tokenize_pool.submit(tokenize, shard_docs)
             if pending is not None:
-                embed_and_write(pending[0], pending[1], pending[2].result())
-                embedded_docs += len(pending[1])
+                embedded_docs += embed_and_write(pending[0], pending[1], pending[2].result())
             pending = (index, shard_docs, future)
         if pending is not None:
-            embed_and_write(pending[0], pending[1], pending[2].result())
-            embedded_docs += len(pending[1])
+            embedded_docs += embed_and_write(pending[0], pending[1], pending[2].result())
         for w in writes:
             w.result()
     finally:
@@ -290,6 +326,7 @@ def run(opts: dict) -> dict:
         write_pool.shutdown(wait=True)
         if bar:
             bar.close()
+    n_shards, reused = tally["shards"], tally["reused"]
     if n_shards == 0:
         raise CorpusError(f"{input_path}: no documents to embed")
     _barrier("shards written", nproc)      # every process has recorded its shards

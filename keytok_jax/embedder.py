@@ -182,6 +182,12 @@ class Embedder:
         self.mesh = sharding.parse_mesh(mesh) if mesh is not None else self.model.mesh
         self.params = self.model.params
         self.data_size = sharding.axis_size(self.mesh, "data")
+        # A mesh over several processes runs in lock-step: each process feeds the rows of its own
+        # data indices (``_data_held`` of ``data_size``) and all run one agreed schedule of shapes.
+        self.lockstep = sharding.spans_processes(self.mesh)
+        self._data_held = self.data_size
+        if self.lockstep:
+            _, _, self._data_held, _ = sharding.process_groups(self.mesh)
         if self.mesh is None:
             return
         from .loading.convert import abstract_variables
@@ -255,11 +261,26 @@ class Embedder:
         """Rows of a batch of length ``seq``: the token budget's share, or for a bucket's last
         batch the smallest of cap, cap/4, cap/16, ... that holds ``remaining`` (few shapes, little
         padding for small inputs). On a mesh, rounded up to a multiple of the ``data`` axis."""
-        rows = max(1, self.batch_tokens // seq)
-        while remaining is not None and rows > 1 and (rows // 4) >= remaining:
-            rows //= 4
+        return self._rows_at(seq, self._variant(seq, remaining))
+
+    def _variant(self, seq: int, remaining: int | None) -> int:
+        """How many times the budget's rows are quartered for ``remaining`` docs (this process's
+        share of the rows when the mesh spans processes)."""
+        rows, v = max(1, self.batch_tokens // seq), 0
+        while remaining is not None and rows > 1 and self._local_rows(rows // 4) >= remaining:
+            rows, v = rows // 4, v + 1
+        return v
+
+    def _rows_at(self, seq: int, variant: int) -> int:
+        rows = max(1, max(1, self.batch_tokens // seq) // 4 ** variant)
         d = self.data_size
         return -(-rows // d) * d
+
+    def _local_rows(self, rows: int) -> int:
+        """This process's rows of a batch of ``rows`` (all of them unless the mesh spans processes)."""
+        if not self.lockstep:
+            return rows
+        return -(-rows // self.data_size) * self._data_held
 
     # ------------------------------------------------------------------ host loop
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedDoc]:
@@ -282,17 +303,18 @@ class Embedder:
 
         def collect():
             rows, padded, result = pending.popleft()
-            dense, ids, weights = (np.asarray(a) for a in result)
+            dense, ids, weights = (np.asarray(self._local_part(a)) for a in result)
             m = len(rows)
             out.dense[rows], out.token_ids[rows], out.token_weights[rows] = dense[:m], ids[:m], weights[:m]
-            if on_batch is not None:
+            if on_batch is not None and m:
                 on_batch(m, int(out.lengths[rows].sum()), padded)
 
-        for rows, seq in self._plan(out.lengths):
-            batch_rows = self.rows_for(seq, len(rows))
-            ids = np.zeros((batch_rows, seq), np.int32)
-            mask = np.zeros((batch_rows, seq), np.int32)
-            pool_mask = np.zeros((batch_rows, seq), np.int32)
+        for rows, seq, variant in self._schedule(out.lengths):
+            batch_rows = self._rows_at(seq, variant)
+            local_rows = self._local_rows(batch_rows)
+            ids = np.zeros((local_rows, seq), np.int32)
+            mask = np.zeros((local_rows, seq), np.int32)
+            pool_mask = np.zeros((local_rows, seq), np.int32)
             for j, r in enumerate(rows):
                 d = docs[r]
                 ids[j, : len(d.ids)] = d.ids
@@ -301,10 +323,10 @@ class Embedder:
             exe = self._executable(batch_rows, seq)
             if self.mesh is not None:
                 ids, mask, pool_mask = (self._put_rows(a) for a in (ids, mask, pool_mask))
-            pending.append((np.asarray(rows), batch_rows * seq,
+            pending.append((np.asarray(rows, np.int64), local_rows * seq,
                             exe(self.params, ids, mask, pool_mask, self._shift_vec)))
             self.stats.batches += 1
-            self.stats.padded_tokens += batch_rows * seq
+            self.stats.padded_tokens += local_rows * seq
             while len(pending) > in_flight:
                 collect()
         while pending:
@@ -317,8 +339,46 @@ class Embedder:
         return out
 
     def _put_rows(self, host: np.ndarray):
-        """A host batch split over ``data`` (each device gets only its rows)."""
+        """A host batch split over ``data`` (each device gets only its rows). With a mesh over
+        several processes ``host`` holds only this process's rows, which become its part of the
+        global batch."""
+        if self.lockstep:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.host_local_array_to_global_array(host, self.mesh, self._batch_sharding.spec)
         return jax.make_array_from_callback(host.shape, self._batch_sharding, lambda idx: host[idx])
+
+    def _local_part(self, result):
+        """This process's rows of a step output (the whole output on one process)."""
+        if not self.lockstep:
+            return result
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.global_array_to_host_local_array(result, self.mesh, self._batch_sharding.spec)
+
+    def _schedule(self, lengths: np.ndarray) -> Iterable[tuple[list[int], int, int]]:
+        """(rows, seq, variant) batches of :meth:`_plan`. With a mesh over several processes, every
+        process runs the same steps: the per-process counts of each (seq, variant) shape are
+        gathered and each process runs the largest count, with empty rows where it has no batch of
+        that shape (e.g. its shard is finished, or it has fewer long documents)."""
+        batches = [(rows, seq, self._variant(seq, len(rows))) for rows, seq in self._plan(lengths)]
+        if not self.lockstep:
+            yield from batches
+            return
+        from jax.experimental import multihost_utils
+
+        index = {seq: b for b, seq in enumerate(self.buckets)}
+        counts = np.zeros((len(self.buckets), 32), np.int32)
+        mine: dict[tuple[int, int], list] = {}
+        for rows, seq, v in batches:
+            counts[index[seq], v] += 1
+            mine.setdefault((seq, v), []).append(rows)
+        agreed = np.asarray(multihost_utils.process_allgather(counts)).max(axis=0)
+        for b, v in zip(*np.nonzero(agreed)):
+            seq, v = self.buckets[b], int(v)
+            own = mine.get((seq, v), [])
+            for i in range(int(agreed[b, v])):
+                yield (own[i] if i < len(own) else []), seq, v
 
     def _plan(self, lengths: np.ndarray) -> Iterable[tuple[list[int], int]]:
         """(rows, seq) batches. Rows are sorted by length and fill each bucket's batches; a
@@ -330,12 +390,12 @@ class Embedder:
         last = len(self.buckets) - 1
         for b, seq in enumerate(self.buckets):
             rows = carry + order[bucket_of == b].tolist()
-            cap = self.rows_for(seq)
+            cap = self._local_rows(self.rows_for(seq))
             full = len(rows) // cap * cap
             for i in range(0, full, cap):
                 yield rows[i:i + cap], seq
             carry = rows[full:]
-            if carry and (b == last or self.rows_for(seq, len(carry)) * seq
+            if carry and (b == last or self._local_rows(self.rows_for(seq, len(carry))) * seq
                           <= len(carry) * self.buckets[b + 1]):
                 yield carry, seq
                 carry = []

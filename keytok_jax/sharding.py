@@ -104,12 +104,13 @@ def parse_mesh_spec(spec) -> dict[str, int]:
     return {axis: sizes.get(axis, 1) for axis in MESH_AXES}
 
 
-def parse_mesh(spec, devices=None) -> Mesh | None:
+def parse_mesh(spec, devices=None, global_mesh: bool = False) -> Mesh | None:
     """A :class:`jax.sharding.Mesh` with axes ``("data", "model")`` from ``"data=D,model=M"``.
 
-    Rule: ``D * M`` must not exceed the device count: ``jax.devices()`` in one process, and
-    ``jax.local_devices()`` (this process's own) in a multi-process job, whose processes each run
-    their own mesh over whole store shards (see ``python -m keytok_jax.embed --distributed``).
+    Rule: ``D * M`` must not exceed the device count: ``jax.devices()`` in one process. In a
+    multi-process job, ``jax.local_devices()`` (this process's own: each process runs its own mesh
+    over whole store shards), or with ``global_mesh`` every process's devices (one mesh spanning
+    the hosts, stepped in lock-step: see :func:`process_groups`).
     Equal: the mesh uses every device (laid out by ``mesh_utils`` for the interconnect). Fewer: it
     uses the first ``D * M`` devices (logged). ``-1`` for one axis means the rest:
     ``"model=2,data=-1"``. ``None`` or an existing ``Mesh`` pass through.
@@ -118,7 +119,7 @@ def parse_mesh(spec, devices=None) -> Mesh | None:
         return spec
     sizes = parse_mesh_spec(spec)
     if devices is None:
-        devices = jax.local_devices() if jax.process_count() > 1 else jax.devices()
+        devices = jax.local_devices() if jax.process_count() > 1 and not global_mesh else jax.devices()
     devices = list(devices)
     n = len(devices)
     known = math.prod(s for s in sizes.values() if s != -1)
@@ -145,6 +146,39 @@ def parse_mesh(spec, devices=None) -> Mesh | None:
         except Exception:  # unusual topologies: plain order
             grid = np.asarray(devices, dtype=object).reshape(shape)
     return Mesh(grid, MESH_AXES)
+
+
+def spans_processes(mesh: Mesh | None) -> bool:
+    """Whether some of the mesh's devices belong to other processes (then every step is collective
+    and all processes must run the same steps in the same order)."""
+    return mesh is not None and any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+
+
+def process_groups(mesh: Mesh) -> tuple[int, int, int, bool]:
+    """How the processes of a mesh that spans hosts share the batch:
+    ``(group, num_groups, rows_per_data_shard, is_writer)``.
+
+    A process feeds the batch rows of the ``data`` indices its devices hold. Processes holding the
+    same ``data`` indices (the ``model`` axis spans them) must feed identical rows, so they form a
+    group that embeds the same documents; the lowest process id of a group writes them. Groups are
+    numbered by their lowest process id, so process 0 is in group 0 and writes. The third value is
+    how many ``data`` indices each group holds (equal for all groups, else ``ValueError``)."""
+    owner = np.vectorize(lambda d: d.process_index, otypes=[int])(mesh.devices)
+    held: dict[int, tuple[int, ...]] = {}
+    for p in np.unique(owner):
+        held[int(p)] = tuple(int(i) for i in np.unique(np.nonzero(owner == p)[0]))
+    blocks = sorted(set(held.values()), key=lambda b: min(p for p, h in held.items() if h == b))
+    if len({len(b) for b in blocks}) != 1 or len({i for b in blocks for i in b}) != sum(map(len, blocks)):
+        raise ValueError(f"mesh {mesh_str(mesh)}: processes hold overlapping or unequal parts of the data "
+                         f"axis ({held}); lay the devices out so each process holds whole data rows")
+    if jax.process_index() not in held or len(held) != jax.process_count():
+        raise ValueError(f"mesh {mesh_str(mesh)} leaves out the devices of some processes (it holds "
+                         f"processes {sorted(held)} of {jax.process_count()}); a mesh over several "
+                         f"processes must use every process's devices")
+    me = held[jax.process_index()]
+    group = blocks.index(me)
+    writer = jax.process_index() == min(p for p, h in held.items() if h == me)
+    return group, len(blocks), len(me), writer
 
 
 def mesh_str(mesh: Mesh | None) -> str | None:
@@ -251,5 +285,5 @@ def spec_tree(params) -> Any:
 
 
 __all__ = ["RULES", "MESH_AXES", "LOGICAL_AXES", "parse_mesh", "parse_mesh_spec", "mesh_str", "axis_size",
-           "logical_spec", "param_specs", "param_shardings", "batch_sharding", "replicated", "place",
+           "spans_processes", "process_groups", "logical_spec", "param_specs", "param_shardings", "batch_sharding", "replicated", "place",
            "spec_tree"]
