@@ -6,8 +6,9 @@ Builds a tiny Llama (GQA, untied) and a tiny GPT-NeoX (tied embeddings, a vocabu
 model axis divides) with transformers, attaches SmolLM2's tokenizer, embeds the same texts on
 one device and on meshes (8,1), (4,2), (2,4), (1,8), and writes per model and mesh: the max
 relative L2 error of the dense vectors, whether the top-k ids are identical, the max weight
-difference, each parameter's PartitionSpec (from the orbax cache path and from the convert path)
-and the fallback notes; and the dense search index split over 2 and 8 devices against one
+difference, each parameter's PartitionSpec (from the orbax cache path and from the convert path),
+the fallback notes and what the convert path read from the safetensors file (per tensor, the
+fraction read by each read call); and the dense search index split over 2 and 8 devices against one
 device. The main pytest process has one CPU device, hence the subprocess.
 """
 import json
@@ -81,7 +82,31 @@ def specs_of(params) -> dict:
     return out
 
 
+# Fraction of each safetensors tensor read per read call while loading onto a mesh: slices read
+# straight from the file (get_slice) and whole-tensor reads (get, recorded as 1.0 under "get:NAME").
+reads: dict = {}
+
+
+def count_reads() -> None:
+    from keytok_jax.loading import sources
+
+    cls = sources.SafetensorsSource
+    get, get_slice = cls.get, cls.get_slice
+
+    def counted_slice(self, name, index):
+        value = get_slice(self, name, index)
+        reads.setdefault(name, []).append(value.size / int(np.prod(self.shape(name))))
+        return value
+
+    def counted_get(self, name):
+        reads.setdefault(f"get:{name}", []).append(1.0)
+        return get(self, name)
+
+    cls.get_slice, cls.get = counted_slice, counted_get
+
+
 def main(smollm2_dir: str, work: str, out_path: str) -> None:
+    count_reads()
     import keytok_jax
     from keytok_jax import sharding
     from keytok_jax.embedder import EmbedSettings, Embedder
@@ -102,7 +127,9 @@ def main(smollm2_dir: str, work: str, out_path: str) -> None:
             spec = f"data={d},model={m}"
             mesh = sharding.parse_mesh(spec)
             model = keytok_jax.load_model(str(folder), mesh=mesh)   # from the cache, restored sharded
+            reads.clear()
             converted = keytok_jax.load_model(str(folder), mesh=mesh, cache=False)
+            file_reads = {n: [round(f, 6) for f in v] for n, v in reads.items()}
             from keytok_jax.loading.convert import abstract_variables
             import jax.numpy as jnp
 
@@ -124,6 +151,7 @@ def main(smollm2_dir: str, work: str, out_path: str) -> None:
                 "specs_cache": specs_of(model.params),
                 "specs_convert": specs_of(converted.params),
                 "cache_equals_convert": same_values,
+                "file_reads": file_reads,
                 "notes": notes,
                 "seconds": round(time.perf_counter() - t0, 2),
             }

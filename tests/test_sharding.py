@@ -93,6 +93,25 @@ def test_parameter_specs_follow_the_rules(mesh_results, family, mesh):
     assert noted == replicated_for_divisibility
 
 
+@pytest.mark.parametrize("mesh", MESHES)
+def test_loading_reads_device_slices_from_the_file(mesh_results, mesh):
+    """Loading onto a mesh reads each device's slice of a safetensors tensor straight from the file
+    (placed values equal the cache path's, asserted above). Tiny Llama: every parameter's hook is
+    none or a transpose, so nothing is read whole; a tensor split over ``model`` is read in
+    1/M pieces; devices that hold the same slice share one read (each tensor read exactly once)."""
+    reads = mesh_results["llama"][mesh]["file_reads"]
+    m = int(mesh.split(",")[1].split("=")[1])
+    assert reads and not [n for n in reads if n.startswith("get:")]
+    for name, fractions in reads.items():
+        assert sum(fractions) == pytest.approx(1.0), (name, fractions)
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.layers.0.mlp.up_proj.weight"):
+        assert max(reads[name]) == pytest.approx(1 / m), (name, reads[name])
+    # GPT-NeoX's fused query_key_value is split by a hook: read whole, then sliced (the fallback).
+    neox = mesh_results["gpt_neox"][mesh]["file_reads"]
+    assert "get:gpt_neox.layers.0.attention.query_key_value.weight" in neox
+    assert max(neox["gpt_neox.embed_in.weight"]) == pytest.approx(1.0)   # 49155 rows: not split
+
+
 @pytest.mark.parametrize("devices", ["2", "8"])
 def test_dense_index_over_devices_matches_one_device(mesh_results, devices):
     r = mesh_results["dense_index"][devices]

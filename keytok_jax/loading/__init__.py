@@ -191,12 +191,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
             source = folder_source(folder)
         cfg = config_from_hf(hf)
         hf_dict = hf.to_dict()
-        converted = convert(cfg, source, dtype)
         if mesh is None:
-            params = jax.tree.map(jnp.asarray, converted)
-        else:
-            params = sharding.place(converted, _shardings(cfg, dtype, mesh))
-        del converted
+            params = jax.tree.map(jnp.asarray, convert(cfg, source, dtype))
+        else:   # placed one parameter at a time, device slices read from the file where it can
+            params = convert(cfg, source, dtype, shardings=_shardings(cfg, dtype, mesh))
         if cache:
             param_cache.save(key, params, hf_dict, tokenizer)
     info = {"seconds": time.perf_counter() - t0, "from_cache": from_cache,

@@ -13,7 +13,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ..models import DecoderConfig, build_module
-from .name_maps import NAME_MAPS, Entry
+from .name_maps import NAME_MAPS, Entry, linear
 from .sources import TensorSource, WeightError
 
 # Buffers that some checkpoints carry and no port needs (causal-mask and rotary caches).
@@ -58,10 +58,18 @@ def _read(source: TensorSource, entry: Entry, name: str) -> np.ndarray:
     return entry.hook(value) if entry.hook else value
 
 
-def convert(cfg: DecoderConfig, source: TensorSource, dtype: str = "float32") -> dict:
-    """Read, transform, stack and check every parameter; returns a nested dict of numpy arrays."""
+def convert(cfg: DecoderConfig, source: TensorSource, dtype: str = "float32", shardings=None) -> dict:
+    """Read, transform, stack and check every parameter; returns a nested dict of numpy arrays.
+
+    With ``shardings`` (a tree like the parameters, of ``jax.sharding.Sharding``) each parameter is
+    placed as soon as it is read and returned as a ``jax.Array``, so the host holds one parameter
+    at a time, not the model. Where the source reads part of a tensor (safetensors) and the value
+    hook is none or a transpose (embeddings, norms, every Linear kernel and bias), each device's
+    slice is read straight from the file: a process reads only the slices its devices hold.
+    Other parameters (fused tensors, GGUF) are read whole, then sliced."""
     np_dtype = NP_DTYPES[dtype]
     expected = {"/".join(k): v for k, v in flatten_dict(abstract_params(cfg, jnp.dtype(np_dtype))).items()}
+    placed = None if shardings is None else {"/".join(k): v for k, v in flatten_dict(shardings).items()}
     entries = NAME_MAPS[cfg.family](cfg)
     out, used = {}, set()
     for entry in entries:
@@ -69,17 +77,21 @@ def convert(cfg: DecoderConfig, source: TensorSource, dtype: str = "float32") ->
             raise AssertionError(f"name map of {cfg.family} names unknown parameter {entry.path}")
         if entry.stacked:
             names = [_resolve(source, entry.hf_name.format(i=i)) for i in range(cfg.num_layers)]
-            value = np.stack([_read(source, entry, n) for n in names])
         else:
             names = [_resolve(source, entry.hf_name)]
-            value = _read(source, entry, names[0])
-        want = expected[entry.path].shape
-        if tuple(value.shape) != tuple(want):
-            raise WeightError(
-                f"shape mismatch for tensor {names[0]!r} in {source.file_of(names[0])}: "
-                f"got {tuple(value.shape)}{' per layer' if entry.stacked else ''} after conversion, "
-                f"the config implies {tuple(want)} for parameter {entry.path}")
-        out[entry.path] = np.asarray(value, dtype=np_dtype)
+        want = tuple(expected[entry.path].shape)
+        if placed is not None and source.can_slice and entry.hook in (None, linear):
+            out[entry.path] = _place_slices(source, entry, names, want, np_dtype, placed[entry.path])
+        else:
+            value = (np.stack([_read(source, entry, n) for n in names]) if entry.stacked
+                     else _read(source, entry, names[0]))
+            _check_shape(source, entry, names[0], tuple(value.shape), want)
+            value = np.asarray(value, dtype=np_dtype)
+            if placed is not None:
+                from ..sharding import place
+
+                value = place(value, placed[entry.path])
+            out[entry.path] = value
         used.update(names)
     missing = sorted(set(expected) - set(out))
     if missing:
@@ -90,3 +102,45 @@ def convert(cfg: DecoderConfig, source: TensorSource, dtype: str = "float32") ->
         warnings.warn(f"{len(unused)} tensor(s) in {source.file_of(unused[0])} not used by the "
                       f"{cfg.model_type} port: {unused[:5]}", stacklevel=2)
     return unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
+
+
+def _check_shape(source, entry: Entry, name: str, got: tuple, want: tuple) -> None:
+    if got != want:
+        raise WeightError(
+            f"shape mismatch for tensor {name!r} in {source.file_of(name)}: "
+            f"got {got}{' per layer' if entry.stacked else ''} after conversion, "
+            f"the config implies {want} for parameter {entry.path}")
+
+
+def _place_slices(source: TensorSource, entry: Entry, names: list[str], want: tuple, np_dtype, sharding):
+    """A parameter as a ``jax.Array`` whose every device slice is read from the file on its own.
+    ``entry.hook`` is ``None`` or ``linear`` (a transpose), so a slice of the Flax value is the
+    transposed slice of the stored tensor."""
+    for n in names:
+        if n not in source:
+            raise source.missing(n, f" (needed for parameter {entry.path})")
+    per_layer = source.shape(names[0])
+    if entry.hook is linear:
+        per_layer = per_layer[::-1]
+    _check_shape(source, entry, names[0], ((len(names),) if entry.stacked else ()) + tuple(per_layer), want)
+
+    def read(name, index):
+        if entry.hook is linear:
+            return source.get_slice(name, tuple(index[::-1])).T
+        return source.get_slice(name, tuple(index))
+
+    seen: dict = {}   # devices holding the same slice (replicated axes) share one read
+
+    def slice_of(index):
+        index = tuple(index) + (slice(None),) * (len(want) - len(index))
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in seen:
+            if entry.stacked:
+                layers = range(len(names))[index[0]]
+                value = np.stack([read(names[i], index[1:]) for i in layers])
+            else:
+                value = read(names[0], index)
+            seen[key] = np.ascontiguousarray(value, dtype=np_dtype)
+        return seen[key]
+
+    return jax.make_array_from_callback(want, sharding, slice_of)

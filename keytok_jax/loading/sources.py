@@ -35,6 +35,15 @@ class TensorSource:
     def missing(self, name: str, why: str = "") -> WeightError:
         return WeightError(f"missing tensor {name!r} in {self.file_of(name)}{why}")
 
+    # Partial reads: sources that can read part of a tensor from the file without the rest.
+    can_slice = False
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.get(name).shape)
+
+    def get_slice(self, name: str, index: tuple) -> np.ndarray:
+        return self.get(name)[index]
+
 
 class SafetensorsSource(TensorSource):
     def __init__(self, files: list[Path], index: dict[str, str] | None = None):
@@ -65,6 +74,19 @@ class SafetensorsSource(TensorSource):
         if name not in self._where:
             raise self.missing(name)
         return self._open[self._where[name]].get_tensor(name)
+
+    can_slice = True
+
+    def shape(self, name):
+        if name not in self._where:
+            raise self.missing(name)
+        return tuple(self._open[self._where[name]].get_slice(name).get_shape())
+
+    def get_slice(self, name, index):
+        """Only the bytes of ``tensor[index]`` are read (safetensors maps the file)."""
+        if name not in self._where:
+            raise self.missing(name)
+        return self._open[self._where[name]].get_slice(name)[index]
 
 
 # ---------------------------------------------------------------- PyTorch .bin without PyTorch
