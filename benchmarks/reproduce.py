@@ -13,8 +13,8 @@ Steps (each skipped when its output exists, so an interrupted run resumes):
    directions (share of the first component, plot), and the shift file λ = diff_1;
 5. ``spectral align --shift``: the backbone's alignment after shifting its first component;
 6. STS-B test Spearman of both models (``python -m keytok_jax.sts``);
-7. SciFact: a sub-corpus (every document judged in the test qrels plus the first
-   ``--scifact-distractors`` others, in corpus order) embedded by both models
+7. SciFact: the corpus (``--scifact-distractors -1``) or a sub-corpus (every document judged in
+   the test qrels plus the first ``--scifact-distractors`` others, in corpus order) embedded by both models
    (``--scifact-max-length`` tokens), then ``python -m keytok_jax.evaluate`` (bm25, tokens,
    expand, dense): nDCG@10 sparse vs dense.
 
@@ -62,6 +62,9 @@ def prepare(out: Path, wiki_lines: int, distractors: int) -> dict[str, Path]:
         lines = f.read().split("\n")[: min(wiki_lines, 11914)]      # the file's last line is cut off
     sets[f"wiki{wiki_lines}"].write_text("\n".join(lines) + "\n", encoding="utf-8")
 
+    if distractors < 0:
+        sets["scifact"] = SCIFACT
+        return sets
     sub = data / f"scifact-test+{distractors}"
     (sub / "qrels").mkdir(parents=True, exist_ok=True)
     test = (SCIFACT / "qrels" / "test.tsv").read_text()
@@ -81,11 +84,12 @@ def prepare(out: Path, wiki_lines: int, distractors: int) -> dict[str, Path]:
     return sets
 
 
-def embed(model_args: list[str], texts: Path, store: Path, log: Path, extra=()) -> None:
+def embed(model_args: list[str], texts: Path, store: Path, log: Path, extra=()) -> float | None:
+    """Seconds the job took; ``None`` when the store was already complete."""
     manifest = store / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
-        return        # an incomplete store is resumed by rerunning the job
-    sh(["keytok_jax.embed", "--input", str(texts), "--output", str(store), *model_args, "--dense",
+        return None   # an incomplete store is resumed by rerunning the job
+    return sh(["keytok_jax.embed", "--input", str(texts), "--output", str(store), *model_args, "--dense",
         "--no-progress", "--summary-json", str(store) + ".summary.json", *extra], log)
 
 
@@ -103,7 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="out/reproduce", help="work and output directory (default: %(default)s)")
     p.add_argument("--wiki-lines", type=int, default=1000, help="wiki1m lines used (default: %(default)s)")
     p.add_argument("--scifact-distractors", type=int, default=500,
-                   help="SciFact documents added to the judged ones (default: %(default)s)")
+                   help="SciFact documents added to the judged ones; -1: the whole corpus "
+                        "(default: %(default)s)")
     p.add_argument("--scifact-max-length", type=int, default=192, help="tokens per SciFact document "
                                                                         "(default: %(default)s)")
     p.add_argument("--text-sets", nargs="+", default=["smtnews", "msmarco", "wiki"],
@@ -125,7 +130,13 @@ def main(argv=None) -> int:
               "embedder": ["--config", str(preset)]}
     summary = {"backbone": args.backbone, "embedder": str(Path(args.embedder).resolve()),
                "preset": preset.read_text(), "alignment": {}, "variation": {}, "sts": {}, "scifact": {}}
-    timings = {}
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    if previous.get("embedder") == summary["embedder"] and previous.get("backbone") == args.backbone:
+        # Keep what earlier runs measured (other text sets, other SciFact corpora); reruns replace.
+        for key in ("alignment", "variation", "scifact"):
+            summary[key].update({k: v for k, v in previous.get(key, {}).items()
+                                 if key != "scifact" or "backbone" in v})
+    timings = dict(previous.get("timings_seconds", {}))
 
     for name, texts in sets.items():
         if name == "scifact" or not any(name.startswith(t) for t in args.text_sets):
@@ -133,9 +144,9 @@ def main(argv=None) -> int:
         tag = name.replace(">", "gt")
         for role, margs in models.items():
             store = out / tag / f"{role}-store"
-            t0 = time.perf_counter()
-            embed(margs, texts, store, out / tag / f"{role}-embed.log", ["--top-k", "10"])
-            timings[f"{tag}/{role}/embed"] = time.perf_counter() - t0
+            seconds = embed(margs, texts, store, out / tag / f"{role}-embed.log", ["--top-k", "10"])
+            if seconds is not None:
+                timings[f"{tag}/{role}/embed"] = seconds
             summary["alignment"].setdefault(name, {})[role] = run_json(
                 ["keytok_jax.spectral", "align", "--store", str(store), "--output", str(out / tag / f"{role}-align"),
                  "--k", "10", "--examples", "3"],
@@ -160,18 +171,22 @@ def main(argv=None) -> int:
         summary["sts"][role] = run_json(["keytok_jax.sts", *margs, str(STSB), "--output", str(out / f"sts-{role}.json")],
                                         out / f"sts-{role}.json", out / f"sts-{role}.log")["results"][0]
 
+    corpus = "full" if args.scifact_distractors < 0 else f"test+{args.scifact_distractors}"
+    label = f"{corpus}, max length {args.scifact_max_length}"
+    work = out / f"scifact-{corpus}-{args.scifact_max_length}"
+    summary["scifact"][label] = {}
     for role, margs in models.items():
-        store = out / "scifact" / f"{role}-store"
-        (out / "scifact").mkdir(exist_ok=True)
-        t0 = time.perf_counter()
-        embed(margs, sets["scifact"], store, out / "scifact" / f"{role}-embed.log",
-              ["--max-length", str(args.scifact_max_length), "--top-k", "64"])
-        timings[f"scifact/{role}/embed"] = time.perf_counter() - t0
+        store = work / f"{role}-store"
+        work.mkdir(exist_ok=True)
+        seconds = embed(margs, sets["scifact"], store, work / f"{role}-embed.log",
+                        ["--max-length", str(args.scifact_max_length), "--top-k", "64"])
+        if seconds is not None:
+            timings[f"scifact {label}/{role}/embed"] = seconds
         modes = ["bm25", "tokens", "expand", "dense"]
-        summary["scifact"][role] = run_json(
+        summary["scifact"][label][role] = run_json(
             ["keytok_jax.evaluate", "--store", str(store), "--dataset", str(sets["scifact"]),
-             *[a for m in modes for a in ("--mode", m)], "--output", str(out / "scifact" / f"{role}-eval.json")],
-            out / "scifact" / f"{role}-eval.json", out / "scifact" / f"{role}-eval.log")
+             *[a for m in modes for a in ("--mode", m)], "--output", str(work / f"{role}-eval.json")],
+            work / f"{role}-eval.json", work / f"{role}-eval.log")
     summary["timings_seconds"] = timings
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     print(markdown(summary))
@@ -193,11 +208,12 @@ def markdown(s: dict) -> str:
     lines += ["", "| model | STS-B test Spearman | Pearson |", "|---|---|---|"]
     for role, r in s["sts"].items():
         lines.append(f"| {role} | {r['spearman']:.2f} | {r['pearson']:.2f} |")
-    lines += ["", "| model | mode | nDCG@10 | Recall@100 | / dense |", "|---|---|---|---|---|"]
-    for role, rep in s["scifact"].items():
-        for mode, row in rep["modes"].items():
-            lines.append(f"| {role} | {mode} | {row['nDCG@10']:.4f} | {row['R@100']:.4f} | "
-                         f"{row['ratio_to_dense']:.3f} |")
+    lines += ["", "| SciFact corpus | model | mode | nDCG@10 | Recall@100 | / dense |", "|---|---|---|---|---|---|"]
+    for label, by_role in s["scifact"].items():
+        for role, rep in by_role.items():
+            for mode, row in rep["modes"].items():
+                lines.append(f"| {label} | {role} | {mode} | {row['nDCG@10']:.4f} | {row['R@100']:.4f} | "
+                             f"{row['ratio_to_dense']:.3f} |")
     return "\n".join(lines)
 
 

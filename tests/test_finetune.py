@@ -186,6 +186,52 @@ def test_resume_continues_at_same_step_and_state(full_run, tiny_folder, pairs_fi
         train({**opts, "lr": 1e-3})
 
 
+def test_sigkill_mid_run_then_rerun(tiny_folder, pairs_file, tmp_path):
+    """The CLI killed with SIGKILL after its step-50 checkpoint, rerun with the same command: it
+    resumes from the checkpoint and ends with the parameters of an uninterrupted run, every step
+    logged once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from keytok_jax.finetune import train
+    from keytok_jax.loading import load_model
+
+    flags = dict(max_steps=200, save_every=50)
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "keytok_jax.finetune", "--model", str(tiny_folder), "--data", str(pairs_file),
+            "--output", str(out), "--batch-size", "16", "--max-steps", "200", "--save-every", "50",
+            "--lr", "1e-2", "--warmup", "1", "--rank", "4", "--no-progress"]
+    env = {**os.environ, "KEYTOK_JAX_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 60:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    logged = len(log.read_text().splitlines())
+    assert 60 <= logged < 200 and not (out / "model").exists()
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout[rerun.stdout.index("{"):])
+    last = 50 * (logged // 50)   # the last checkpoint, unless the kill landed while it was written
+    assert summary["resumed_at"] in {last, last - 50} and summary["resumed_at"] >= 50
+    assert summary["steps"] == 200 and summary["steps_this_run"] == 200 - summary["resumed_at"]
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, 201))
+
+    reference = train(_opts(tiny_folder, pairs_file, tmp_path / "reference", **flags))
+    resumed = load_model(str(out / "model"), cache=False)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 resumed.params, reference["final_params"])
+
+
 def test_export_loads_in_keytok_and_transformers(full_run):
     torch = pytest.importorskip("torch")
     import transformers
