@@ -214,7 +214,26 @@ def markdown(s: dict) -> str:
             for mode, row in rep["modes"].items():
                 lines.append(f"| {label} | {role} | {mode} | {row['nDCG@10']:.4f} | {row['R@100']:.4f} | "
                              f"{row['ratio_to_dense']:.3f} |")
+    lines += ["", "| texts | text | backbone top-10 | embedder top-10 | backbone + shift top-10 |",
+              "|---|---|---|---|---|"]
+    for name, by_role in s["alignment"].items():
+        if not {"backbone", "embedder", "backbone+shift"} <= set(by_role):
+            continue
+        for i, ex in enumerate(by_role["backbone"]["examples"][:2]):
+            cells = [by_role["backbone"]["examples"][i]["top_before"], by_role["embedder"]["examples"][i]["top_before"],
+                     by_role["backbone+shift"]["examples"][i]["top_after"]]
+            lines.append(f"| {name} | {_cell(ex['text'][:90])} | " + " | ".join(_tokens(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _tokens(tokens: list[str]) -> str:
+    """Tokens as code spans, a leading space shown as ␣ and a newline as \\n."""
+    return " ".join("`" + t.replace(" ", "␣").replace("\n", "\\n").replace("|", "\\|").replace("`", "'") + "`"
+                    for t in tokens)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ JOB_DEFAULTS = {
     "model": "smollm2-135m", "dtype": "float32", "dense": False, "shift": None,
     "format": "auto", "id_field": "_id", "text_fields": ["title", "text"], "on_error": "raise",
     "rejects": None, "shard_size": 1024, "batch_tokens": 8192, "vocab_chunk": 4096, "limit": None,
-    "mesh": None, "global_mesh": False, "distributed": False, "coordinator": None, "num_processes": None, "process_id": None,
+    "mesh": None, "global_mesh": False, "distributed": False, "coordinator": None, "num_processes": None,
+    "process_id": None,
 }
 SETTING_FIELDS = [f.name for f in EmbedSettings.__dataclass_fields__.values()]
 
