@@ -185,11 +185,6 @@ def run(opts: dict) -> dict:
     if opts.get("global_mesh") and not opts.get("mesh"):
         raise ValueError("--global-mesh needs --mesh (e.g. --mesh data=2,model=4)")
     mesh = sharding.parse_mesh(opts.get("mesh"), global_mesh=bool(opts.get("global_mesh")))
-    # Shards go to groups of processes: each process alone, or with --global-mesh the processes
-    # that feed the same batch rows (sharding.process_groups); one process per group writes.
-    group, n_groups, writes_rows = pid, nproc, True
-    if sharding.spans_processes(mesh):
-        group, n_groups, _, writes_rows = sharding.process_groups(mesh)
     # Several processes: no orbax parameter cache (its multi-process saves and restores are
     # collective over global arrays; here each process holds its own copy).
     model = load_model(opts["model"], dtype=opts["dtype"], mesh=mesh, cache=nproc == 1)
@@ -202,6 +197,11 @@ def run(opts: dict) -> dict:
                              f"{shift.model_hash}, this model's is {model_hash(model)})")
     embedder = Embedder(model, settings, shift=shift, batch_tokens=opts["batch_tokens"],
                         vocab_chunk=opts["vocab_chunk"])
+    # Shards go to groups of processes: each process alone, or with --global-mesh the processes
+    # that feed the same batch rows (sharding.process_groups); one process per group writes.
+    group, n_groups, writes_rows = pid, nproc, True
+    if embedder.lockstep:
+        group, n_groups, _, writes_rows = embedder.process_group
     input_path = Path(opts["input"]).resolve()
     store_settings = {
         **settings.as_dict(), "model": opts["model"], "model_identity": _model_identity(model),

@@ -22,7 +22,7 @@ import numpy as np
 from .model import ATTENTION_MODES, KeytokModel
 from .pooling import POOLING_METHODS, l2_normalize, pool
 from .projection import WEIGHTINGS, sharded_topk_projection, topk_projection
-from .prompts import DocTokenizer, Template, TokenizedDoc
+from .prompts import DocTokenizer, Template, TokenizedDoc, pad_batch
 from .store import FLAG_EMPTY
 
 SHIFT_FORMAT = "keytok-shift/1"
@@ -185,9 +185,9 @@ class Embedder:
         # A mesh over several processes runs in lock-step: each process feeds the rows of its own
         # data indices (``_data_held`` of ``data_size``) and all run one agreed schedule of shapes.
         self.lockstep = sharding.spans_processes(self.mesh)
-        self._data_held = self.data_size
-        if self.lockstep:
-            _, _, self._data_held, _ = sharding.process_groups(self.mesh)
+        # (group, groups, data indices held, writes): see sharding.process_groups
+        self.process_group = sharding.process_groups(self.mesh) if self.lockstep else None
+        self._data_held = self.process_group[2] if self.lockstep else self.data_size
         if self.mesh is None:
             return
         from .loading.convert import abstract_variables
@@ -312,14 +312,7 @@ class Embedder:
         for rows, seq, variant in self._schedule(out.lengths):
             batch_rows = self._rows_at(seq, variant)
             local_rows = self._local_rows(batch_rows)
-            ids = np.zeros((local_rows, seq), np.int32)
-            mask = np.zeros((local_rows, seq), np.int32)
-            pool_mask = np.zeros((local_rows, seq), np.int32)
-            for j, r in enumerate(rows):
-                d = docs[r]
-                ids[j, : len(d.ids)] = d.ids
-                mask[j, : len(d.ids)] = 1
-                pool_mask[j, d.pool_start: len(d.ids)] = 1
+            ids, mask, pool_mask = pad_batch([docs[r] for r in rows], local_rows, seq)
             exe = self._executable(batch_rows, seq)
             if self.mesh is not None:
                 ids, mask, pool_mask = (self._put_rows(a) for a in (ids, mask, pool_mask))

@@ -146,14 +146,9 @@ class Batches:
         rows = self.order(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
         docs = [self.docs[r][i] for r in range(self.roles) for i in rows]
         seq = min(_pad_to(max(len(d.ids) for d in docs)), self.max_len)
-        ids = np.zeros((len(docs), seq), np.int32)
-        mask = np.zeros_like(ids)
-        pool_mask = np.zeros_like(ids)
-        for j, d in enumerate(docs):
-            ids[j, :len(d.ids)] = d.ids
-            mask[j, :len(d.ids)] = 1
-            pool_mask[j, d.pool_start:len(d.ids)] = 1
-        return ids, mask, pool_mask
+        from .prompts import pad_batch
+
+        return pad_batch(docs, len(docs), seq)
 
 
 # ------------------------------------------------------------------ run

@@ -71,6 +71,19 @@ class TokenizedDoc:
     flags: int           # FLAG_TRUNCATED / FLAG_EMPTY (reader flags are OR-ed in by the caller)
 
 
+def pad_batch(docs, rows: int, seq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ids, mask, pool_mask`` int32 ``[rows, seq]``: ``docs`` right-padded with 0, rows after
+    them all padding (fully masked)."""
+    ids = np.zeros((rows, seq), np.int32)
+    mask = np.zeros((rows, seq), np.int32)
+    pool_mask = np.zeros((rows, seq), np.int32)
+    for j, d in enumerate(docs):
+        ids[j, : len(d.ids)] = d.ids
+        mask[j, : len(d.ids)] = 1
+        pool_mask[j, d.pool_start: len(d.ids)] = 1
+    return ids, mask, pool_mask
+
+
 class DocTokenizer:
     """Turns texts into :class:`TokenizedDoc` for a template and a maximum length."""
 
