@@ -45,8 +45,18 @@ during each phase (``rss_phase_peak_mb``, ``rss_phase_increase_mb`` over the pha
 the second phase may reuse memory the first one freed. Either way, each phase samples RSS every
 20 ms.
 
+Long runs (``--parts N``): the documents are cut into N consecutive parts and each part is a
+whole side-by-side measurement (keytok, the XLA peak, the baseline, the torch peak); the JSON is
+written after every part and a rerun with the same arguments resumes after the last finished one.
+The totals add each side's tokens and seconds over the parts; MFU divides the useful FLOPs by the
+sum over parts of seconds x that part's own measured peak, so a machine that slows down between
+parts is measured against what it could do then. The baseline's batch size is swept in the first
+part and kept for the others. A table of the parts comes before the totals.
+
     python benchmarks/throughput.py --model smollm2-135m --dataset ../shared/data/scifact \\
         --limit 200 --output out/throughput.json
+    python benchmarks/throughput.py --dataset ../shared/data/scifact --parts 10 \\
+        --output out/throughput-scifact.json          # all 5,183 docs; rerun to resume
 """
 from __future__ import annotations
 
@@ -350,7 +360,7 @@ def run_baseline(seqs: list[np.ndarray], opts: dict) -> tuple[dict, tuple]:
     sub = order[lo:lo + m]
     sub_real = int(lengths[sub].sum())
     sweep = []
-    for bs in opts["batch_sizes"]:
+    for bs in opts["batch_sizes"] if len(opts["batch_sizes"]) > 1 else []:   # one size: nothing to sweep
         batches = [sub[i:i + bs] for i in range(0, m, bs)]
         warm = warm_up(bs)
         secs = run_batches(embed, seqs, batches)
@@ -359,7 +369,7 @@ def run_baseline(seqs: list[np.ndarray], opts: dict) -> tuple[dict, tuple]:
                       "docs_per_s": m / secs, "tokens_per_s": sub_real / secs,
                       "padding_fraction": 1 - sub_real / sub_padded})
         log(f"  baseline sweep: batch {bs}: {sub_real / secs:,.0f} tokens/s")
-    best = max(sweep, key=lambda r: r["tokens_per_s"])["batch_size"]
+    best = max(sweep, key=lambda r: r["tokens_per_s"])["batch_size"] if sweep else opts["batch_sizes"][0]
     batches = sorted_batches(lengths, best)
     warm = warm_up(best)
     n, k = len(seqs), opts["top_k"]
@@ -455,8 +465,140 @@ def markdown(r: dict) -> str:
          f"(mean {ag['cosine_mean']:.6f}); top-{c['top_k']} overlap mean {ag['topk_overlap_mean']:.3f} "
          f"(min {ag['topk_overlap_min']:.3f}), top-1 agreement {ag['top1_agreement']:.1%}"),
         (f"baseline sweep ({b['sweep_docs']} docs of {b['sweep_lengths'][0]}-{b['sweep_lengths'][1]} "
-         f"tokens), real tokens/s by batch size: {sweep}; MFU = useful FLOP/s / XLA matmul peak"),
+         f"tokens), real tokens/s by batch size: {sweep}" if b["sweep"] else
+         f"baseline batch size {b['batch_size']} (given, no sweep)")
+        + "; MFU = useful FLOP/s / XLA matmul peak",
     ]
+    return "\n".join(lines)
+
+
+SUM_KEYS = ("seconds", "docs", "real_tokens", "padded_tokens", "batches", "compiles", "compile_seconds",
+            "warmup_seconds", "timed_pass_compiles", "timed_pass_compile_seconds", "padded_flops",
+            "useful_flops", "peak_seconds", "torch_peak_seconds")
+
+
+def combine_sides(sides: list[dict]) -> dict:
+    """One side over several parts: counts and seconds add up, rates are recomputed from the sums,
+    and MFU divides the useful FLOPs by what each part's own measured peak allowed in its seconds
+    (the machine's speed may differ between parts)."""
+    out = dict(sides[0])
+    for key in SUM_KEYS:
+        if key in out:
+            out[key] = sum(s[key] for s in sides)
+    for key in ("rss_peak_mb", "rss_phase_peak_mb", "rss_phase_increase_mb"):
+        if key in out:
+            out[key] = max(s[key] for s in sides)
+    if "shapes" in out:
+        out["shapes"] = sorted({tuple(x) for s in sides for x in s["shapes"]})
+    if "batch_shapes" in out:
+        out["batch_shapes"] = [x for s in sides for x in s["batch_shapes"]]
+    secs = out["seconds"]
+    out.update(docs_per_s=out["docs"] / secs, tokens_per_s=out["real_tokens"] / secs,
+               padding_fraction=1 - out["real_tokens"] / out["padded_tokens"],
+               flops_per_s=out["useful_flops"] / secs, padded_flops_per_s=out["padded_flops"] / secs,
+               mfu=out["useful_flops"] / out["peak_seconds"],
+               mfu_padded=out["padded_flops"] / out["peak_seconds"])
+    if out.get("torch_peak_seconds"):
+        out["mfu_vs_torch_peak"] = out["useful_flops"] / out["torch_peak_seconds"]
+    return out
+
+
+def combine_agreement(parts: list[dict]) -> dict:
+    ags = [p["agreement"] for p in parts]
+    n = sum(a["docs"] for a in ags)
+
+    def mean(key):
+        return sum(a[key] * a["docs"] for a in ags) / max(n, 1)
+
+    return {"docs": n, "cosine_min": min(a["cosine_min"] for a in ags), "cosine_mean": mean("cosine_mean"),
+            "topk_overlap_mean": mean("topk_overlap_mean"),
+            "topk_overlap_min": min(a["topk_overlap_min"] for a in ags),
+            "top1_agreement": mean("top1_agreement"), "same_order_fraction": mean("same_order_fraction"),
+            "cosine_ok": all(a["cosine_ok"] for a in ags)}
+
+
+def combine_parts(parts: list[dict]) -> dict:
+    """The whole run from its parts (one part: that part's own figures)."""
+    keytok = combine_sides([p["keytok"] for p in parts])
+    baseline = combine_sides([p["baseline"] for p in parts])
+    useful = {k: sum(p["flops"][k] for p in parts) for k in ("total", "matmul", "attention", "lm_head")}
+    useful.update(per_real_token=useful["total"] / keytok["real_tokens"], per_doc_mean=useful["total"] / keytok["docs"])
+    # The peak the run's MFU stands against: each part's peak weighted by the seconds timed in it.
+    weights = [p["keytok"]["seconds"] + p["baseline"]["seconds"] for p in parts]
+    peak = sum(w * p["peak_flops"] for w, p in zip(weights, parts)) / sum(weights)
+    torch_peaks = [p["peak"]["torch"] for p in parts if p["peak"].get("torch")]
+    return {"keytok": keytok, "baseline": baseline, "speedup": keytok["tokens_per_s"] / baseline["tokens_per_s"],
+            "peak_flops": peak,
+            "peak": {"xla": {"best": max(p["peak"]["xla"]["best"] for p in parts),
+                             "per_part": [p["peak"]["xla"]["best"] for p in parts]},
+                     "torch": ({"best": max(t["best"] for t in torch_peaks),
+                                "per_part": [t["best"] for t in torch_peaks]} if torch_peaks else None)},
+            "flops": useful, "agreement": combine_agreement(parts)}
+
+
+def measure_part(model, settings, docs, model_name: str, args, batch_sizes: list[int]) -> dict:
+    """keytok, then the XLA matmul peak, then the baseline (with its torch peak) on ``docs``."""
+    from keytok_jax.store import FLAG_EMPTY
+
+    load_start = os.getloadavg()
+    with RssSampler() as rss_k:
+        keytok, k_out = run_keytok(model, settings, docs, args)
+    keytok.update(rss_k.as_dict(), load_seconds=model.load_info["seconds"])
+    if not args.in_process:
+        keytok["rss_peak_mb"] = max_rss_mb()
+    log(f"  keytok: {keytok['tokens_per_s']:,.0f} tokens/s")
+    cfg = model.config
+    seqs = [np.asarray(d.ids, np.int32) for d in docs]
+    lengths = np.array([len(s) for s in seqs])
+    empty = np.array([bool(d.flags & FLAG_EMPTY) for d in docs])   # keytok gives them no tokens
+    gc.collect()
+    # After the keytok phase so that its arrays do not count in keytok's peak RSS.
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.peak_shapes.split(",")]
+    xla_peak = matmul_peak("xla", shapes, args.peak_reps)
+    log(f"  XLA matmul peak: {xla_peak['best'] / 1e9:.1f} GFLOP/s")
+
+    opts = {"model": model_name, "dtype": args.dtype, "top_k": settings.top_k, "weighting": settings.weighting,
+            "batch_sizes": batch_sizes, "sweep_docs": args.sweep_docs,
+            "torch_peak": not args.no_torch_peak, "peak_shapes": shapes, "peak_reps": args.peak_reps}
+    if args.in_process:
+        with RssSampler() as rss_b:
+            baseline, b_out = run_baseline(seqs, opts)
+        baseline.update(rss_b.as_dict())
+        torch_peak = matmul_peak("torch", shapes, args.peak_reps) if opts["torch_peak"] else None
+    else:
+        baseline, b_out = baseline_in_child(seqs, opts)
+        torch_peak = baseline.pop("torch_peak", None)
+    log(f"  baseline: {baseline['tokens_per_s']:,.0f} tokens/s (batch {baseline['batch_size']})")
+
+    useful = useful_flops(cfg, lengths)
+    baseline["padded_flops"] = baseline_padded_flops(cfg, baseline["batch_shapes"])
+    peak = xla_peak["best"]
+    for side in (keytok, baseline):
+        add_rates(side, useful["total"], peak, torch_peak["best"] if torch_peak else None)
+        side["useful_flops"] = useful["total"]
+        side["peak_seconds"] = side["seconds"] * peak
+        if torch_peak:
+            side["torch_peak_seconds"] = side["seconds"] * torch_peak["best"]
+    return {"keytok": keytok, "baseline": baseline, "speedup": keytok["tokens_per_s"] / baseline["tokens_per_s"],
+            "peak_flops": peak, "peak": {"xla": xla_peak, "torch": torch_peak}, "flops": useful,
+            "agreement": agreement(k_out.dense, k_out.token_ids, b_out[0], b_out[1], ~empty),
+            "loadavg": [load_start, os.getloadavg()]}
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def part_rows(parts: list[dict]) -> str:
+    lines = ["| part | docs | keytok tokens/s | baseline tokens/s | speedup | XLA peak GFLOP/s | keytok MFU | baseline MFU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, p in enumerate(parts):
+        k, b = p["keytok"], p["baseline"]
+        lines.append(f"| {i + 1} | {k['docs']} | {k['tokens_per_s']:,.0f} | {b['tokens_per_s']:,.0f} | "
+                     f"{p['speedup']:.2f}x | {p['peak_flops'] / 1e9:.0f} | {k['mfu']:.1%} | {b['mfu']:.1%} |")
     return "\n".join(lines)
 
 
@@ -468,106 +610,94 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="preset YAML (default: configs/smollm2.yaml)")
     p.add_argument("--max-length", type=int, help="override the preset's max length")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--batch-sizes", default="4,8,16,32", help="baseline sweep")
+    p.add_argument("--batch-sizes", default="4,8,16,32",
+                   help="baseline sweep (one size: no sweep); with --parts, the first part's best is kept")
     p.add_argument("--sweep-docs", type=int, default=32, help="documents of the baseline sweep")
     p.add_argument("--batch-tokens", type=int, default=8192, help="keytok token budget per batch")
     p.add_argument("--vocab-chunk", type=int, default=4096, help="keytok top-k vocabulary chunk")
     p.add_argument("--keytok-warmup", choices=["compile", "pass"], default="compile")
     p.add_argument("--in-process", action="store_true", help="run the baseline in this process too")
+    p.add_argument("--parts", type=int, default=1,
+                   help="measure the documents in N consecutive parts, each side by side (keytok, peak, "
+                        "baseline), saved to --output after each part; a rerun with the same arguments "
+                        "skips the parts already there. For runs longer than one sitting, and so that a "
+                        "change of machine speed hits both sides of a part alike")
     p.add_argument("--peak-reps", type=int, default=3)
     p.add_argument("--peak-shapes", default=",".join("x".join(map(str, s)) for s in PEAK_SHAPES),
                    help="matmul shapes MxKxN for the peak, comma-separated")
     p.add_argument("--no-torch-peak", action="store_true", help="skip torch's matmul peak")
-    p.add_argument("--output", help="JSON results")
+    p.add_argument("--output", help="JSON results (required with --parts > 1: it holds the finished parts)")
     p.add_argument("--baseline-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.baseline_worker:
         return baseline_worker(*args.baseline_worker)
     if not args.dataset:
         p.error("--dataset is required")
+    if args.parts < 1:
+        p.error("--parts must be at least 1")
+    if args.parts > 1 and not args.output:
+        p.error("--parts > 1 needs --output (the finished parts are kept there)")
 
     import jax
 
     import keytok_jax
-    from keytok_jax.store import FLAG_EMPTY
 
-    load_start = os.getloadavg()
     settings, preset_model = load_settings(args.config, args.max_length)
     model_name = args.model or preset_model or keytok_jax.DEFAULT_MODEL
-    shapes = [tuple(int(x) for x in s.split("x")) for s in args.peak_shapes.split(",")]
     texts = read_texts(args.dataset, args.limit)
     if not texts:
         raise SystemExit(f"{args.dataset}: no documents")
+    if len(texts) < args.parts:
+        p.error(f"--parts {args.parts} is more than the {len(texts)} documents")
+    bounds = [(int(a[0]), int(a[-1]) + 1) for a in np.array_split(np.arange(len(texts)), args.parts)]
+    config = {"model": model_name, "dataset": str(args.dataset), "limit": args.limit, "docs": len(texts),
+              "settings": settings.as_dict(), "max_length": settings.max_length, "dtype": args.dtype,
+              "top_k": settings.top_k, "baseline_process": "in-process" if args.in_process else "child",
+              "keytok_warmup": args.keytok_warmup, "batch_tokens": args.batch_tokens,
+              "vocab_chunk": args.vocab_chunk, "batch_sizes": args.batch_sizes, "sweep_docs": args.sweep_docs,
+              "peak_shapes": args.peak_shapes, "peak_reps": args.peak_reps, "parts": args.parts,
+              "part_bounds": bounds}
+    out_path = Path(args.output) if args.output else None
+    parts: list[dict] = []
+    if out_path is not None and out_path.exists() and args.parts > 1:
+        old = json.loads(out_path.read_text())
+        if old.get("config") != json.loads(json.dumps(config)):
+            raise SystemExit(f"{out_path} holds a run with other settings (its 'config' differs); "
+                             "give another --output or remove it")
+        parts = old.get("parts", [])
+        if parts:
+            log(f"{out_path}: {len(parts)} of {args.parts} parts done, resuming")
 
-    log(f"keytok: {model_name}, {len(texts)} docs ...")
-    with RssSampler() as rss_k:
-        model = keytok_jax.load_model(model_name, dtype=args.dtype)
-        from keytok_jax.prompts import DocTokenizer
-
-        docs = DocTokenizer(model.tokenizer, settings.template(), settings.max_length)(texts)
-        keytok, k_out = run_keytok(model, settings, docs, args)
-    keytok.update(rss_k.as_dict(), load_seconds=model.load_info["seconds"])
-    if not args.in_process:
-        keytok["rss_peak_mb"] = max_rss_mb()
-    log(f"  {keytok['tokens_per_s']:,.0f} tokens/s")
-    cfg = model.config
-    seqs = [np.asarray(d.ids, np.int32) for d in docs]
-    lengths = np.array([len(s) for s in seqs])
-    empty = np.array([bool(d.flags & FLAG_EMPTY) for d in docs])   # keytok gives them no tokens
-    del model
-    gc.collect()
-    # After the keytok phase so that its arrays do not count in keytok's peak RSS.
-    log("XLA matmul peak ...")
-    xla_peak = matmul_peak("xla", shapes, args.peak_reps)
-    log(f"  {xla_peak['best'] / 1e9:.1f} GFLOP/s")
-
-    opts = {"model": model_name, "dtype": args.dtype, "top_k": settings.top_k, "weighting": settings.weighting,
-            "batch_sizes": [int(b) for b in args.batch_sizes.split(",")], "sweep_docs": args.sweep_docs,
-            "torch_peak": not args.no_torch_peak, "peak_shapes": shapes, "peak_reps": args.peak_reps}
-    log(f"baseline ({'in process' if args.in_process else 'child process'}) ...")
-    if args.in_process:
-        with RssSampler() as rss_b:
-            baseline, b_out = run_baseline(seqs, opts)
-        baseline.update(rss_b.as_dict())
-        torch_peak = matmul_peak("torch", shapes, args.peak_reps) if opts["torch_peak"] else None
-    else:
-        baseline, b_out = baseline_in_child(seqs, opts)
-        torch_peak = baseline.pop("torch_peak", None)
-    log(f"  {baseline['tokens_per_s']:,.0f} tokens/s")
-
-    useful = useful_flops(cfg, lengths)
-    baseline["padded_flops"] = baseline_padded_flops(cfg, baseline["batch_shapes"])
-    peak = xla_peak["best"]
-    for side in (keytok, baseline):
-        add_rates(side, useful["total"], peak, torch_peak["best"] if torch_peak else None)
     import torch
     import transformers
 
-    result = {
-        "config": {"model": model_name, "dataset": str(args.dataset), "limit": args.limit, "docs": len(texts),
-                   "settings": settings.as_dict(), "max_length": settings.max_length, "dtype": args.dtype,
-                   "top_k": settings.top_k, "baseline_process": "in-process" if args.in_process else "child",
-                   "keytok_warmup": args.keytok_warmup},
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-                    "jax": jax.__version__, "torch": torch.__version__,
-                    "transformers": transformers.__version__, "python": platform.python_version()},
-        "peak_flops": peak,
-        "peak": {"xla": xla_peak, "torch": torch_peak},
-        "flops": {**useful, "model_config": {"hidden": cfg.hidden_size, "layers": cfg.num_layers,
-                                             "vocab": cfg.vocab_size},
-                  "notes": "useful: keytok_jax.flops doc_flops(sparse, useful) over real lengths; "
-                           "padded: keytok step_flops(implemented) per batch / baseline full attention "
-                           "per padded batch; elementwise work not counted"},
-        "keytok": keytok,
-        "baseline": baseline,
-        "speedup": keytok["tokens_per_s"] / baseline["tokens_per_s"],
-        "agreement": agreement(k_out.dense, k_out.token_ids, b_out[0], b_out[1], ~empty),
-    }
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2, default=float))
-    print(markdown(result))
+    machine = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+               "jax": jax.__version__, "torch": torch.__version__,
+               "transformers": transformers.__version__, "python": platform.python_version()}
+
+    def result() -> dict:
+        return {"config": config, "machine": machine, "complete": len(parts) == args.parts,
+                **combine_parts(parts), "parts": parts}
+
+    if len(parts) < args.parts:
+        log(f"keytok: {model_name}, {len(texts)} docs in {args.parts} part(s) ...")
+        model = keytok_jax.load_model(model_name, dtype=args.dtype)
+        from keytok_jax.prompts import DocTokenizer
+
+        tokenize = DocTokenizer(model.tokenizer, settings.template(), settings.max_length)
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        for i in range(len(parts), args.parts):
+            a, b = bounds[i]
+            if parts:   # the first part's sweep chose the baseline's batch size
+                sizes = [parts[0]["baseline"]["batch_size"]]
+            log(f"part {i + 1}/{args.parts}: documents {a}-{b - 1}")
+            parts.append(measure_part(model, settings, tokenize(texts[a:b]), model_name, args, sizes))
+            if out_path is not None:
+                write_json(out_path, result())
+    r = result()
+    if args.parts > 1:
+        print(part_rows(parts) + "\n")
+    print(markdown(r))
     return 0
 
 

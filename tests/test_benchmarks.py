@@ -32,3 +32,48 @@ def test_throughput_benchmark_smoke(tiny_folder, tmp_path):
     table = proc.stdout.strip().splitlines()
     assert any(line.startswith("| keytok |") for line in table)
     assert any(line.startswith("| baseline |") for line in table)
+
+
+def test_throughput_parts_resume(tiny_folder, tmp_path):
+    """--parts: each part is saved as it ends; a rerun after an interruption measures only the
+    missing parts, and the totals are the parts' sums."""
+    scifact = shared_or_skip(SHARED / "data" / "scifact")
+    out = tmp_path / "parts.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--model", str(tiny_folder),
+           "--dataset", str(scifact), "--limit", "9", "--max-length", "96", "--batch-sizes", "2,4",
+           "--sweep-docs", "4", "--peak-shapes", "128x128x128", "--peak-reps", "1", "--no-torch-peak",
+           "--parts", "2", "--output", str(out)]
+
+    def run(args=cmd):
+        proc = subprocess.run(args, check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    run()
+    full = json.loads(out.read_text())
+    assert full["complete"] and [p["keytok"]["docs"] for p in full["parts"]] == [5, 4]
+    first, second = full["parts"]
+    assert second["baseline"]["sweep"] == [] and second["baseline"]["batch_size"] == first["baseline"]["batch_size"]
+    for side in ("keytok", "baseline"):
+        s = full[side]
+        assert s["docs"] == 9 and s["real_tokens"] == first[side]["real_tokens"] + second[side]["real_tokens"]
+        assert s["tokens_per_s"] == s["real_tokens"] / (first[side]["seconds"] + second[side]["seconds"])
+        mfu = s["useful_flops"] / sum(p[side]["seconds"] * p["peak_flops"] for p in full["parts"])
+        assert abs(s["mfu"] - mfu) < 1e-12
+    assert full["flops"]["total"] == first["flops"]["total"] + second["flops"]["total"]
+
+    # Interrupted after part 1: the rerun keeps part 1 as it was and measures part 2 only.
+    partial = dict(full, parts=[first], complete=False)
+    out.write_text(json.dumps(partial))
+    proc = run()
+    assert "1 of 2 parts done" in proc.stderr
+    again = json.loads(out.read_text())
+    assert again["complete"] and again["parts"][0] == first and len(again["parts"]) == 2
+    assert "| part |" in proc.stdout and "| keytok |" in proc.stdout
+
+    # A finished run is only reported; other settings are refused, not mixed in.
+    proc = run()
+    assert "part 1/2" not in proc.stderr and "part 2/2" not in proc.stderr
+    bad = subprocess.run(cmd[:cmd.index("--max-length") + 1] + ["64"] + cmd[cmd.index("--max-length") + 2:],
+                         check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode != 0 and "other settings" in bad.stderr
