@@ -452,8 +452,10 @@ def markdown(r: dict) -> str:
 
     c, ag, b = r["config"], r["agreement"], r["baseline"]
     sweep = ", ".join(f"{x['batch_size']}: {x['tokens_per_s']:,.0f}" for x in b["sweep"])
+    done = r["keytok"]["docs"]
+    docs = f"{c['docs']} docs" if done == c["docs"] else f"{done} of {c['docs']} docs (an unfinished --parts run)"
     lines = [
-        f"{c['docs']} docs of {c['dataset']}, max length {c['max_length']}, {c['dtype']}, "
+        f"{docs} of {c['dataset']}, max length {c['max_length']}, {c['dtype']}, "
         f"{r['machine']['cpu_count']} CPU cores; peak matmul: XLA {r['peak_flops'] / 1e9:.0f} GFLOP/s"
         + (f", torch {r['peak']['torch']['best'] / 1e9:.0f} GFLOP/s" if r["peak"].get("torch") else ""),
         "",

@@ -1,4 +1,5 @@
 """Smoke test of benchmarks/throughput.py on the tiny Llama folder (seconds, not a measurement)."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -70,6 +71,14 @@ def test_throughput_parts_resume(tiny_folder, tmp_path):
     again = json.loads(out.read_text())
     assert again["complete"] and again["parts"][0] == first and len(again["parts"]) == 2
     assert "| part |" in proc.stdout and "| keytok |" in proc.stdout
+    assert any(line.startswith("9 docs of ") for line in proc.stdout.splitlines())
+
+    # An unfinished run's table says how much of the corpus its totals cover.
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    head = throughput.markdown({**full, **throughput.combine_parts([first])}).splitlines()[0]
+    assert head.startswith("5 of 9 docs (an unfinished --parts run)"), head
 
     # A finished run is only reported; other settings are refused, not mixed in.
     proc = run()
