@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -13,9 +14,18 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("KEYTOK_JAX_TEST_COMPILE_CACHE", str(Path.home() / ".cache/keytok_jax/jit-tests")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 SMOLLM2_DIR = SHARED / "models" / "smollm2-135m-instruct"
 SMOLLM2_GGUF = SMOLLM2_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load_benchmark(name: str):
+    """A script under benchmarks/ (not a package) as a module, to test its functions directly."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def shared_or_skip(path: Path) -> Path:

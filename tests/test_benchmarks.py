@@ -1,13 +1,9 @@
 """Smoke test of benchmarks/throughput.py on the tiny Llama folder (seconds, not a measurement)."""
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import SHARED, shared_or_skip
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, SHARED, load_benchmark, shared_or_skip
 
 
 def test_throughput_benchmark_smoke(tiny_folder, tmp_path):
@@ -74,9 +70,7 @@ def test_throughput_parts_resume(tiny_folder, tmp_path):
     assert any(line.startswith("9 docs of ") for line in proc.stdout.splitlines())
 
     # An unfinished run's table says how much of the corpus its totals cover.
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
-    throughput = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(throughput)
+    throughput = load_benchmark("throughput")
     head = throughput.markdown({**full, **throughput.combine_parts([first])}).splitlines()[0]
     assert head.startswith("5 of 9 docs (an unfinished --parts run)"), head
 

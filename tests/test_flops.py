@@ -1,24 +1,14 @@
 """Analytic FLOP counts (keytok_jax.flops) and their cross-check against XLA's cost analysis."""
-import importlib.util
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
 from keytok_jax import flops as F
 from keytok_jax.models import DecoderConfig, RopeConfig
 from keytok_jax.models.layers import ATTENTION_BLOCK
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_flops():
-    spec = importlib.util.spec_from_file_location("bench_flops", ROOT / "benchmarks" / "flops.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def smollm2_config(**kw) -> DecoderConfig:
@@ -72,7 +62,7 @@ def test_modes_and_queries():
 @pytest.mark.parametrize("count", F.COUNTS)
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_monotone_in_length(count, mode):
-    for cfg in (smollm2_config(), _bench_flops().tiny_config(),
+    for cfg in (smollm2_config(), load_benchmark("flops").tiny_config(),
                 smollm2_config(layer_windows=(64,) * 30)):
         values = [F.doc_flops(cfg, T, mode, count=count, vocab_chunk=4096).total for T in range(1, 600, 7)]
         assert all(b > a for a, b in itertools.pairwise(values))
@@ -81,7 +71,7 @@ def test_monotone_in_length(count, mode):
 def test_tiny_config_matches_xla_cost_analysis(tmp_path, capsys):
     """Forward (jitted module.apply) and the embedder's real step, T = 64 and 256 (blocked
     attention with causal key skipping), with XLA's layer and vocabulary loops counted in full."""
-    bench = _bench_flops()
+    bench = load_benchmark("flops")
     out = tmp_path / "flops.json"
     assert bench.main(["--model", "tiny", "--lengths", "64,256", "--rows", "2", "--output", str(out)]) == 0
     result = json.loads(out.read_text())
