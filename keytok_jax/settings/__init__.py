@@ -1,0 +1,14 @@
+"""One home for every default and preset of keytok_jax.
+
+``core`` says how settings are declared and resolved (class defaults → a command's built-in
+preset → ``--config`` YAML → flags); each other module holds one area's settings classes and
+defaults. Commands generate their flags from these classes (keytok_jax.cli.flags).
+"""
+from .core import build, defaults, read_preset, resolve, setting
+from .embed import (INSTRUCTION_FORMATS, JOB_GROUPS, JOB_PRESET, PROMPTS, DeviceSettings,
+                    EmbedSettings, InputSettings, ModelSettings, OutputSettings, SpeedSettings,
+                    Template)
+
+__all__ = ["build", "defaults", "read_preset", "resolve", "setting", "INSTRUCTION_FORMATS",
+           "JOB_GROUPS", "JOB_PRESET", "PROMPTS", "DeviceSettings", "EmbedSettings",
+           "InputSettings", "ModelSettings", "OutputSettings", "SpeedSettings", "Template"]

@@ -1,0 +1,189 @@
+"""Settings of the embedding: what changes a vector (EmbedSettings, with its prompt Template) and
+the corpus job's other groups (model, input, output, speed, devices), with every default."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import SettingsError
+from ..loading import DEFAULT_MODEL
+from ..model import ATTENTION_MODES
+from ..pooling import POOLING_METHODS
+from ..projection import WEIGHTINGS
+from .core import setting
+
+__all__ = ["PROMPTS", "INSTRUCTION_FORMATS", "Template", "EmbedSettings", "ModelSettings",
+           "InputSettings", "OutputSettings", "SpeedSettings", "DeviceSettings", "JOB_PRESET",
+           "JOB_GROUPS", "INPUT_FORMATS"]
+
+# Prompt templates: `{text}` marks the text. Tokens of the prompt are pooled with the text.
+PROMPTS = {
+    "none": "{text}",
+    # PromptEOL (Jiang et al. 2023): last-token pooling on the closing quote.
+    "prompteol": 'This sentence : "{text}" means in one word:"',
+}
+
+# Instruction formats: `{instruction}` and `{text}`. Tokens before `{text}` are the instruction
+# part, kept out of pooling unless `pool_instruction` is set (e5-mistral, GritLM and LLM2Vec all
+# exclude them).
+INSTRUCTION_FORMATS = {
+    "e5-mistral": "Instruct: {instruction}\nQuery: {text}",
+    "gritlm": "<|user|>\n{instruction}\n<|embed|>\n{text}",
+    "llm2vec": "{instruction} {text}",
+    "plain": "{instruction}{text}",
+}
+
+INPUT_FORMATS = ("auto", "jsonl", "tsv", "txt", "parquet", "beir")
+
+
+def _split(template: str, name: str) -> tuple[str, str]:
+    if template.count("{text}") != 1:
+        raise SettingsError(f"{name} must contain {{text}} exactly once, got {template!r}")
+    return tuple(template.split("{text}"))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a text is wrapped: prompt, optional instruction, EOS (see keytok_jax.pipeline.tokenize)."""
+    prompt: str = "{text}"
+    instruction: str | None = None
+    instruction_format: str = "plain"
+    pool_instruction: bool = False
+    add_eos: bool = False
+
+    def pieces(self) -> tuple[str, str, str, str]:
+        """(instruction prefix, prompt prefix, prompt suffix, instruction suffix)."""
+        p_pre, p_post = _split(PROMPTS.get(self.prompt, self.prompt), "prompt")
+        if self.instruction is None:
+            return "", p_pre, p_post, ""
+        fmt = INSTRUCTION_FORMATS.get(self.instruction_format, self.instruction_format)
+        i_pre, i_post = _split(fmt, "instruction_format")
+        return (i_pre.format(instruction=self.instruction), p_pre, p_post,
+                i_post.format(instruction=self.instruction))
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Everything that changes an embedding. A store records these; a resumed job must match.
+    These are the library's defaults (``Embedder``); the corpus job starts from ``JOB_PRESET``."""
+    pooling: str = setting("mean", "last token, mean, or SGPT position-weighted mean",
+                           choices=POOLING_METHODS)
+    prompt: str = setting("none", "prompt template with {text}, or a name: "
+                          + ", ".join(PROMPTS))
+    instruction: str | None = setting(None, "instruction text prepended with --instruction-format")
+    instruction_format: str = setting("plain", "template with {instruction} and {text}, or a name: "
+                                      + ", ".join(INSTRUCTION_FORMATS))
+    pool_instruction: bool = setting(False, "pool the instruction tokens too (default: keep them "
+                                     "out of pooling)")
+    add_eos: bool = setting(False, "append the EOS token (e5-mistral style)")
+    attention: str = setting("causal", "attention mask", choices=ATTENTION_MODES)
+    max_length: int = setting(512, "max tokens per text incl. template; longer texts are truncated "
+                              "and flagged")
+    top_k: int = setting(64, "aligned tokens kept per text")
+    weighting: str = setting("relu", "token weight: raw logit, max(logit,0), or "
+                             "log(1+max(logit,0))", choices=WEIGHTINGS)
+    normalize: bool = setting(False, "L2-normalise the dense vectors")
+    matryoshka_dim: int | None = setting(None, "keep the first N dims of the dense vectors")
+
+    def __post_init__(self):
+        if self.pooling not in POOLING_METHODS:
+            raise SettingsError(f"pooling must be one of {POOLING_METHODS}, got {self.pooling!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise SettingsError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise SettingsError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.max_length < 1 or self.top_k < 1:
+            raise SettingsError("max_length and top_k must be positive")
+
+    def template(self) -> Template:
+        return Template(self.prompt, self.instruction, self.instruction_format, self.pool_instruction,
+                        self.add_eos)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    model: str = setting(DEFAULT_MODEL, "alias, Hugging Face folder, .gguf file or hub id")
+    dtype: str = setting("float32", "parameter dtype", choices=("float32", "bfloat16"))
+    shift: str | None = setting(None, "first-component shift file (written by python -m "
+                                "keytok_jax.spectral) applied before the LM-head projection")
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    input: str | None = setting(None, "corpus: .jsonl/.json, .tsv, .txt (one text per line, id = "
+                                "line number), .parquet, or a BEIR dataset folder (reads its "
+                                "corpus.jsonl)", required=True)
+    format: str = setting("auto", "input format (auto: from the path)", choices=INPUT_FORMATS)
+    id_field: str = setting("_id", "JSONL/parquet id field")
+    text_fields: tuple = setting(("title", "text"), "fields joined with a space to make the text "
+                                 "(BEIR style)", nargs="+")
+    limit: int | None = setting(None, "embed only the first N documents")
+    on_error: str = setting("raise", "malformed input line: stop with file:line (raise) or skip "
+                            "it, count it and write it to --rejects", choices=("raise", "skip"))
+    rejects: str | None = setting(None, "JSONL side file for skipped lines (default: "
+                                  "STORE.rejects.jsonl)")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    output: str | None = setting(None, "store directory (created, or resumed if it exists)",
+                                 required=True)
+    dense: bool = setting(False, "also store the dense vectors [N, D]")
+    shard_size: int = setting(1024, "rows per shard = unit of resume")
+    resume: bool = setting(False, "resume an existing store (the default behaviour; kept for "
+                           "explicitness)")
+    summary_json: str | None = setting(None, "also write the final summary to this JSON file")
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    batch_tokens: int = setting(8192, "padded tokens per device batch")
+    vocab_chunk: int = setting(4096, "vocabulary rows per top-k step")
+    no_progress: bool = setting(False, "no progress bar")
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    mesh: str | None = setting(
+        None, "spread the job over D*M devices (config key: mesh). data=D splits every batch over "
+        "D devices (data parallel: throughput; rows per batch are rounded up to a multiple of D); "
+        "model=M splits attention heads, MLP units and the vocabulary (embedding, LM head, top-k) "
+        "over M devices (tensor parallel: for models too big for one device). A missing axis is 1; "
+        "one axis may be -1 (the rest). D*M may not exceed the devices JAX sees. Rules: "
+        "keytok_jax/sharding.py. Default: one device", metavar="data=D,model=M")
+    distributed: bool = setting(
+        False, "one of several processes (hosts) writing one store: jax.distributed.initialize "
+        "with the three flags below, else the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+        "JAX_PROCESS_ID environment variables, else JAX's auto-detection (SLURM, TPU pods, Open "
+        "MPI). Shard i of the store is embedded by process i mod N on its own devices (--mesh "
+        "applies to each process's local devices; see --global-mesh); process 0 finalizes the "
+        "store once every process has recorded its shards. Run the same command on every "
+        "process; rerun them all to resume")
+    global_mesh: bool = setting(
+        False, "with --distributed: --mesh spans the devices of all processes (config key: "
+        "global_mesh), so the model axis can cross hosts (a model too big for one host). "
+        "Processes then step in lock-step: each round, every group of processes that holds the "
+        "same data rows embeds one shard, all run the same agreed sequence of batch shapes (a "
+        "process with fewer batches runs empty, masked rows) and one process per group writes. "
+        "Slower than the default when the model fits on one host")
+    coordinator: str | None = setting(None, "address of process 0's coordinator service",
+                                      metavar="HOST:PORT")
+    num_processes: int | None = setting(None, "number of processes in the job")
+    process_id: int | None = setting(None, "this process's index, 0 .. num-processes - 1")
+
+
+# The corpus job's built-in preset (configs/smollm2.yaml holds the same, checked by a test):
+# SmolLM2 with PromptEOL and last-token pooling, whose last position's next-token logits are the
+# text's one-word summary, so its top LM-head tokens are key words without training or shift.
+JOB_PRESET = {"model": DEFAULT_MODEL, "pooling": "last", "prompt": "prompteol"}
+
+# The corpus job's flag groups, in --help order: (title, settings classes).
+JOB_GROUPS = (
+    ("input and output", (InputSettings, OutputSettings)),
+    ("model and embedding", (ModelSettings, EmbedSettings)),
+    ("speed", (SpeedSettings,)),
+    ("several devices and hosts (README: Sharding and multiple devices)", (DeviceSettings,)),
+)
