@@ -6,7 +6,7 @@ family's ``config_from_hf`` is the single place where Hugging Face field names a
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -59,7 +59,6 @@ class DecoderConfig:
     norm_affine: bool = True               # OPT layer_norm_elementwise_affine
     word_embed_proj_dim: int | None = None # OPT project_in / project_out
     final_logit_softcap: float | None = None
-    extra: tuple[tuple[str, Any], ...] = field(default=())
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -79,10 +78,6 @@ class DecoderConfig:
 
     def replace(self, **kw) -> "DecoderConfig":
         return dataclasses.replace(self, **kw)
-
-
-def hf_get(hf, name, default=None):
-    return getattr(hf, name, default) if not isinstance(hf, dict) else hf.get(name, default)
 
 
 def refuse_unless(hf, checks: dict[str, Any], family: str) -> None:

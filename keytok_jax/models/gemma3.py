@@ -79,7 +79,6 @@ def config_from_hf(hf) -> DecoderConfig:
         log.info("gemma3_text: attn_logit_softcapping=%s is ignored, as transformers' Gemma3 ignores it",
                  hf.attn_logit_softcapping)
     bias = bool(getattr(hf, "attention_bias", False))
-    extra = (("use_bidirectional_attention", True),) if getattr(hf, "use_bidirectional_attention", False) else ()
     final_cap = getattr(hf, "final_logit_softcapping", None)
     return DecoderConfig(
         family="gemma3", model_type=family,
@@ -97,7 +96,6 @@ def config_from_hf(hf) -> DecoderConfig:
         local_rope=_layer_rope(hf, "sliding_attention", head_dim) if sliding else None,
         embed_scale=float(hf.hidden_size) ** 0.5,
         final_logit_softcap=float(final_cap) if final_cap is not None else None,
-        extra=extra,
     )
 
 
