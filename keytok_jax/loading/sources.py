@@ -12,8 +12,10 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from ..errors import KeytokError
 
-class WeightError(ValueError):
+
+class WeightError(KeytokError, ValueError):
     """A checkpoint is missing a tensor, has a wrong shape or cannot be read."""
 
 

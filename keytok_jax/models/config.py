@@ -9,8 +9,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import KeytokError
 
-class UnsupportedConfigError(ValueError):
+
+class UnsupportedConfigError(KeytokError, ValueError):
     """A Hugging Face config asks for something the port does not implement."""
 
 
