@@ -14,43 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-
-def read_sts_pairs(path, cleanup: bool = False) -> list[tuple[str, str, float]]:
-    """(sentence a, sentence b, gold score) of an STS-B csv or a SentEval STS.input file.
-    ``cleanup``: the official " ."/" ?" removal of the paper's SentEval STS reader."""
-    from .spectral import _sts_pairs, _stsb_pairs
-
-    path = Path(path)
-    if path.name.startswith("STS.input."):
-        gold = path.with_name(path.name.replace("STS.input.", "STS.gs.", 1))
-        if not gold.exists():
-            raise FileNotFoundError(f"{gold}: the gold scores of {path} are missing")
-        pairs = _sts_pairs(path, gold, None, cleanup)
-    elif path.suffix == ".csv":
-        pairs = _stsb_pairs(path, None)
-    else:
-        raise ValueError(f"{path}: not an STS-B csv nor a SentEval STS.input.* file")
-    return [(a, b, s) for _, a, b, s in pairs]
-
-
-def evaluate_sts(embedder, path, cleanup: bool = False) -> dict:
-    """Spearman / Pearson x100 of cosine similarity with the gold scores of ``path``."""
-    from scipy.stats import pearsonr, spearmanr
-
-    pairs = read_sts_pairs(path, cleanup)
-    if len(pairs) < 2:
-        raise ValueError(f"{path}: fewer than two scored pairs")
-    texts = [p[0] for p in pairs] + [p[1] for p in pairs]
-    dense = np.asarray(embedder.encode(texts), np.float64)
-    dense /= np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
-    a, b = dense[: len(pairs)], dense[len(pairs):]
-    cosine = np.sum(a * b, axis=1)
-    gold = np.asarray([p[2] for p in pairs])
-    return {"file": str(path), "pairs": len(pairs),
-            "spearman": 100 * float(spearmanr(cosine, gold).statistic),
-            "pearson": 100 * float(pearsonr(cosine, gold).statistic)}
+from .analysis.sts import evaluate_sts, read_sts_pairs  # noqa: E402,F401  (moved; re-exported)
 
 
 def main(argv=None) -> int:
