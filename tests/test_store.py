@@ -14,6 +14,7 @@ import pytest
 import tensorstore as ts
 
 from keytok_jax import store as S
+from keytok_jax.store import fileio
 
 K, VOCAB, DIM, SHARD = 4, 50, 6, 8
 SETTINGS = {"model": "tiny", "model_hash": "abc123", "tokenizer": "tiny", "pooling": "mean",
@@ -257,30 +258,30 @@ def test_crash_inside_write_shard_then_resume(tmp_path, clean_store, monkeypatch
     for s in range(3):
         write(w, s, sizes[s])
 
-    real_atomic, real_write_tmp, real_replace = S._atomic_write, S._write_tmp, os.replace
+    real_atomic, real_write_tmp, real_replace = fileio.atomic_write, fileio.write_tmp, os.replace
     if crash_at == "arrays":
         def write_tmp(p, data):
             raise _Crash  # arrays are written; the ids file is never started
-        monkeypatch.setattr(S, "_write_tmp", write_tmp)
+        monkeypatch.setattr(fileio, "write_tmp", write_tmp)
     elif crash_at == "ids":
         def atomic(p, data):
             if p.parent.name == "shards":
                 raise _Crash  # ids written, record not
             real_atomic(p, data)
-        monkeypatch.setattr(S, "_atomic_write", atomic)
+        monkeypatch.setattr(fileio, "atomic_write", atomic)
     elif crash_at == "record_tmp":
         def write_tmp(p, data):
             if p.parent.name == "shards":
                 tmp = real_write_tmp(p, data[: len(data) // 2])  # torn temporary file
                 raise _Crash(tmp)
             return real_write_tmp(p, data)
-        monkeypatch.setattr(S, "_write_tmp", write_tmp)
+        monkeypatch.setattr(fileio, "write_tmp", write_tmp)
     else:
         def replace(src, dst):
             if Path(dst).parent.name == "shards":
                 raise _Crash  # complete temporary record, never renamed
             real_replace(src, dst)
-        monkeypatch.setattr(S.os, "replace", replace)
+        monkeypatch.setattr(fileio.os, "replace", replace)
     with pytest.raises(_Crash):
         write(w, 3, sizes[3])
     monkeypatch.undo()
@@ -435,14 +436,14 @@ def test_interrupted_finalize_resumes(tmp_path, clean_store, monkeypatch):
     w = create(path)
     for s, n in enumerate(sizes[:-1]):
         write(w, s, n)
-    real_atomic = S._atomic_write
+    real_atomic = fileio.atomic_write
 
     def atomic(p, data):
         if p.name == "manifest.json":
             raise _Crash
         real_atomic(p, data)
 
-    monkeypatch.setattr(S, "_atomic_write", atomic)
+    monkeypatch.setattr(fileio, "atomic_write", atomic)
     write(w, len(sizes) - 1, sizes[-1])
     with pytest.raises(_Crash):
         w.finalize(len(sizes))

@@ -1,0 +1,146 @@
+"""Reading a store: :func:`open` gives a :class:`Store` whose arrays are lazy tensorstore views of
+exactly the rows its shard records vouch for, and :meth:`Store.verify` checks them against the
+records' checksums."""
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+
+import tensorstore as ts
+
+from .errors import StoreError, StoreIncompleteError
+from .format import (array_names, array_spec, decode_ids, digest, list_records, load_record,
+                     read_manifest)
+
+__all__ = ["Store", "open"]
+
+
+class Store:
+    """A store opened for reading (see :func:`open`).
+
+    ``token_ids``, ``token_weights``, ``dense`` (None without dense vectors), ``lengths`` and
+    ``flags`` are lazy ``tensorstore.TensorStore`` arrays of exactly ``len(store)`` rows:
+    slice them, then ``.read().result()`` for numpy. ``ids`` (list of str) is read on first use.
+    """
+
+    def __init__(self, path, *, allow_incomplete: bool = False):
+        self.path = Path(path)
+        self.manifest: dict = read_manifest(self.path)
+        self._record_paths = list_records(self.path)
+        self.complete = bool(self.manifest.get("complete"))
+        if self.complete:
+            self.num_shards = int(self.manifest["num_shards"])
+            self.num_rows = int(self.manifest["num_rows"])
+            missing = [i for i in range(self.num_shards) if i not in self._record_paths]
+            if missing:
+                raise StoreError(f"{self.path}: manifest says complete but shard records "
+                                 f"{missing[:20]} are missing")
+        else:
+            if not allow_incomplete:
+                raise StoreIncompleteError(
+                    f"{self.path} is incomplete (not finalized; {len(self._record_paths)} shards "
+                    f"recorded); pass allow_incomplete=True to read its leading finished shards")
+            self.num_shards = self._leading_shards()
+            self.num_rows = sum(self._record(i)["num_rows"] for i in range(self.num_shards))
+
+        self.settings: dict = self.manifest["settings"]
+        self.k: int = self.manifest["k"]
+        self.dim: int | None = self.manifest["dim"]
+        self.vocab_size: int = self.manifest["vocab_size"]
+        self.shard_size: int = self.manifest["shard_size"]
+        self._arrays = self._open_arrays()
+        self.token_ids: ts.TensorStore = self._arrays["token_ids"]
+        self.token_weights: ts.TensorStore = self._arrays["token_weights"]
+        self.dense: ts.TensorStore | None = self._arrays.get("dense")
+        self.lengths: ts.TensorStore = self._arrays["lengths"]
+        self.flags: ts.TensorStore = self._arrays["flags"]
+
+    def _leading_shards(self) -> int:
+        """How many shards from shard 0 on are recorded: what an incomplete store shows."""
+        num_shards = 0
+        while num_shards in self._record_paths:
+            num_shards += 1
+        return num_shards
+
+    def _open_arrays(self) -> dict[str, ts.TensorStore]:
+        arrays = {}
+        for name in array_names(self.dim):
+            try:
+                arr = ts.open(array_spec(self.path, name), open=True, read=True).result()
+            except ValueError as e:
+                raise StoreError(f"{self.path / name}: cannot open the zarr array: {e}") from None
+            if arr.shape[0] < self.num_rows:
+                raise StoreError(f"{self.path / name}: {arr.shape[0]} rows, expected "
+                                 f"{self.num_rows}")
+            arrays[name] = arr[: self.num_rows]
+        return arrays
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "incomplete"
+        return (f"Store({str(self.path)!r}, {self.num_rows} rows, {self.num_shards} shards, "
+                f"k={self.k}, dim={self.dim}, {state})")
+
+    def _record(self, i: int) -> dict:
+        return load_record(self._record_paths[i])
+
+    def shard_records(self) -> list[dict]:
+        """The records of the shards this view covers, in shard order."""
+        return [self._record(i) for i in range(self.num_shards)]
+
+    def shard_ids(self, shard_index: int) -> list[str]:
+        if not 0 <= shard_index < self.num_shards:
+            raise IndexError(f"shard {shard_index} out of range [0, {self.num_shards})")
+        rec = self._record(shard_index)
+        p = self.path / rec["ids_file"]
+        ids = decode_ids(p.read_bytes(), str(p))
+        if len(ids) != rec["num_rows"]:
+            raise StoreError(f"{p}: {len(ids)} ids, the shard record says {rec['num_rows']}")
+        return ids
+
+    @cached_property
+    def ids(self) -> list[str]:
+        out: list[str] = []
+        for i in range(self.num_shards):
+            out.extend(self.shard_ids(i))
+        return out
+
+    def verify(self) -> int:
+        """Recompute every shard's checksums (ids file and array rows) against its record.
+
+        Returns the number of shards checked; raises :class:`StoreError` listing every mismatch.
+        """
+        problems = []
+        for i in range(self.num_shards):
+            problems.extend(self._shard_problems(i))
+        if problems:
+            raise StoreError(f"{self.path}: {len(problems)} checksum problems:\n  "
+                             + "\n  ".join(problems))
+        return self.num_shards
+
+    def _shard_problems(self, i: int) -> list[str]:
+        """The checksum mismatches of shard ``i``, one line each."""
+        rec = self._record(i)
+        start, stop = rec["row_start"], rec["row_stop"]
+        sums = rec.get("sha256", {})
+        problems = []
+        try:
+            got = hashlib.sha256((self.path / rec["ids_file"]).read_bytes()).hexdigest()
+        except FileNotFoundError:
+            got = "<missing>"
+        if got != sums.get("ids"):
+            problems.append(f"shard {i}: ids file {rec['ids_file']} checksum mismatch")
+        for name, arr in self._arrays.items():
+            if digest(arr[start:stop].read().result()) != sums.get(name):
+                problems.append(f"shard {i}: {name} rows [{start}, {stop}) checksum mismatch")
+        return problems
+
+
+def open(path, *, allow_incomplete: bool = False) -> Store:  # noqa: A001 - keytok_jax.store.open
+    """Open the store at ``path`` for reading. An incomplete (not finalized) store raises
+    :class:`StoreIncompleteError` unless ``allow_incomplete=True``, which gives a view of its
+    leading recorded shards (0, 1, ... up to the first one without a record)."""
+    return Store(path, allow_incomplete=allow_incomplete)
