@@ -1,0 +1,208 @@
+"""Query modes over a store's sparse and dense indexes.
+
+``tokens``  inference-free: the query's own token ids from the tokenizer, in both forms a word
+            takes (the text tokenized with a leading space, as mid-sentence words are, and each
+            word alone, as after a prompt's opening quote), tokens without a letter or digit left
+            out, each weighted by the IDF of the document index (``query_weights="binary"``: 1).
+            No model.
+``encode``  the query through the store's model and settings → its top-k aligned tokens.
+``expand``  ``tokens`` plus the query's top-M aligned tokens, the aligned weights rescaled so their
+            largest equals the largest token weight.
+``dense``   cosine between the query's and the documents' dense vectors.
+``hybrid``  fusion (:mod:`keytok_jax.retrieval.fusion`) of a sparse mode (``hybrid_sparse``) and
+            ``dense``, each list cut at ``depth``.
+
+Results are ``[(doc_id, score), ...]`` per query, best first; equal scores go to the lower store row.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..loading import load_model, load_tokenizer
+from ..pipeline import Embedder, EmbedSettings, Shift, model_identity
+from ..settings.search import MODES, QuerySettings, SearchSettings
+from .dense import DenseIndex
+from .fusion import fuse
+from .sparse import SparseIndex, open_store
+
+__all__ = ["MODES", "QueryResult", "Searcher", "embedder_for_store"]
+
+_WORD = re.compile(r"\w[\w-]*")
+_Q = QuerySettings()
+_S = SearchSettings()
+
+
+def embedder_for_store(store, *, model=None, shift=None, instruction: str | None = None,
+                       batch_tokens: int = 8192, mesh=None) -> Embedder:
+    """An :class:`~keytok_jax.pipeline.Embedder` with the store's model and settings (what
+    ``encode``, ``expand`` and ``dense`` queries need). ``instruction`` replaces the store's
+    instruction for queries (asymmetric models such as e5-mistral instruct queries only). A store
+    embedded with a shift needs the same shift file (checked by fingerprint)."""
+    store = open_store(store)
+    s = store.settings
+    fields = {f: s[f] for f in EmbedSettings.__dataclass_fields__ if f in s}
+    if instruction is not None:
+        fields["instruction"] = instruction
+    if isinstance(shift, (str, Path)):
+        shift = Shift.load(shift)
+    want = s.get("shift")
+    got = shift.fingerprint() if shift is not None else None
+    if want != got:
+        raise ValueError(f"{store.path} was embedded with shift {want!r}; queries need the same shift "
+                         f"file (given: {got!r})")
+    if model is None:
+        model = load_model(s["model"], dtype=s.get("dtype", "float32"))
+    ident = s.get("model_identity")
+    if ident is not None and model_identity(model) != ident:
+        raise ValueError(f"{store.path} was embedded with {ident}, the loaded model is "
+                         f"{model_identity(model)}")
+    return Embedder(model, EmbedSettings(**fields), shift=shift, batch_tokens=batch_tokens, mesh=mesh)
+
+
+@dataclass
+class QueryResult:
+    hits: list[tuple[str, float]]            # (doc id, score), best first
+    rows: np.ndarray                          # store rows of the hits
+    vector: sp.csr_array | None = None        # the sparse query vector (sparse modes)
+
+
+class Searcher:
+    """Query modes over a store's indexes (see the module doc; defaults:
+    :class:`keytok_jax.settings.QuerySettings`). The model is loaded only when a mode needs it
+    (``encode``, ``expand``, ``dense``, ``hybrid``); ``tokens`` needs the tokenizer."""
+
+    def __init__(self, store, *, index_dir=None, rebuild: bool = False,
+                 query_weights: str = _Q.query_weights, expand_m: int = _Q.expand_m,
+                 hybrid_sparse: str = _Q.hybrid_sparse, fusion: str = _Q.fusion,
+                 alpha: float = _Q.alpha, depth: int = _Q.depth, shift=_Q.shift,
+                 query_instruction: str | None = _Q.query_instruction,
+                 embedder=None, tokenizer=None, mesh=None):
+        # Refuses a choice outside its list before any index is built.
+        QuerySettings(query_weights=query_weights, hybrid_sparse=hybrid_sparse, fusion=fusion)
+        self.store = open_store(store)
+        t0 = time.perf_counter()
+        self.sparse = SparseIndex.for_store(self.store, index_dir, rebuild=rebuild)
+        self.index_seconds = time.perf_counter() - t0
+        self._idf = self.sparse.idf
+        self.query_weights, self.expand_m = query_weights, expand_m
+        self.hybrid_sparse, self.fusion, self.alpha, self.depth = hybrid_sparse, fusion, alpha, depth
+        self._shift, self._instruction, self._mesh = shift, query_instruction, mesh
+        self._embedder = embedder
+        self._tokenizer = tokenizer if tokenizer is not None else (embedder.model.tokenizer if embedder else None)
+        self._dense: DenseIndex | None = None
+
+    # -- lazily built pieces
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.store.settings["model"])
+        return self._tokenizer
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = embedder_for_store(self.store, shift=self._shift, instruction=self._instruction)
+        return self._embedder
+
+    @property
+    def dense(self) -> DenseIndex:
+        if self._dense is None:
+            self._dense = DenseIndex.from_store(self.store, mesh=self._mesh)
+        return self._dense
+
+    @cached_property
+    def _word_tokens(self) -> np.ndarray:
+        # Punctuation and whitespace tokens sit high in many documents' projections (the prompt
+        # ends in a quote) and carry no topic: token queries leave them out.
+        strings = self.tokenizer.convert_ids_to_tokens(list(range(self.sparse.vocab_size)))
+        decoded = [self.tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in strings]
+        return np.array([any(ch.isalnum() for ch in d) for d in decoded])
+
+    # -- query vectors
+    def token_vectors(self, queries: Sequence[str]) -> sp.csr_array:
+        """``tokens`` mode: each query's distinct token ids, weight IDF or 1 (see the module doc)."""
+        enc = self.tokenizer([" " + q.strip() for q in queries], add_special_tokens=False)["input_ids"]
+        words = [_WORD.findall(q) for q in queries]
+        flat = [w for ws in words for w in ws]
+        bare = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
+        word = self._word_tokens
+        ids = []
+        for row, ws in zip(enc, words):
+            toks = set(row)
+            for _ in ws:
+                toks.update(next(bare))
+            ids.append(sorted(t for t in toks if word[t]))
+        weights = [self._idf[t] if self.query_weights == "idf" else np.ones(len(t), np.float32) for t in ids]
+        return self.sparse.query_matrix(ids, weights)
+
+    def _encoded(self, queries: Sequence[str]):
+        return self.embedder.encode(list(queries), output_value=None)
+
+    def _aligned_vectors(self, out, m: int | None = None) -> sp.csr_array:
+        ids, weights = out.token_ids[:, :m], out.token_weights[:, :m]
+        keep = [(i >= 0) & (w != 0) for i, w in zip(ids, weights)]
+        return self.sparse.query_matrix([i[c] for i, c in zip(ids, keep)], [w[c] for w, c in zip(weights, keep)])
+
+    def _expanded(self, queries: Sequence[str], out) -> sp.csr_array:
+        tok = self.token_vectors(queries)
+        aligned = self._aligned_vectors(out, self.expand_m)
+        tok_max = tok.max(axis=1).toarray().ravel() if tok.nnz else np.zeros(tok.shape[0])
+        aligned_max = aligned.max(axis=1).toarray().ravel() if aligned.nnz else np.zeros(tok.shape[0])
+        tok_max = np.where(tok_max > 0, tok_max, 1.0)    # a query with no tokens: aligned as they are
+        scale = np.divide(tok_max, aligned_max, out=np.ones_like(tok_max), where=aligned_max > 0)
+        return (tok + sp.diags_array(scale.astype(np.float32)) @ aligned).tocsr()
+
+    def query_vectors(self, queries: Sequence[str], mode: str, encoded=None) -> sp.csr_array | None:
+        """The sparse query vectors ``[queries, vocab]`` a mode searches with (``hybrid``: those
+        of ``hybrid_sparse``; ``dense``: None). ``encoded``: the queries' EmbedOutput, if at hand."""
+        mode = self.hybrid_sparse if mode == "hybrid" else mode
+        if mode == "dense":
+            return None
+        if mode == "tokens":
+            return self.token_vectors(queries)
+        encoded = encoded if encoded is not None else self._encoded(queries)
+        return self._aligned_vectors(encoded) if mode == "encode" else self._expanded(queries, encoded)
+
+    # -- search
+    def search(self, queries: Sequence[str], mode: str = _S.mode, k: int = _S.k) -> list[QueryResult]:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        queries = [queries] if isinstance(queries, str) else list(queries)
+        if not queries:
+            return []
+        # One model call gives a query's dense vector and its aligned tokens.
+        out = self._encoded(queries) if mode != "tokens" else None
+        vectors = self.query_vectors(queries, mode, out)
+        if mode == "dense":
+            hits = self.dense.search(out.dense, k)
+        elif mode == "hybrid":
+            sparse_hits = self.sparse.search(vectors, self.depth)
+            dense_hits = self.dense.search(out.dense, self.depth)
+            hits = [fuse(s, d, k, method=self.fusion, alpha=self.alpha) for s, d in zip(sparse_hits, dense_hits)]
+        else:
+            hits = self.sparse.search(vectors, k)
+        ids = self.sparse.ids
+        return [QueryResult([(ids[r], float(s)) for r, s in zip(rows.tolist(), scores.tolist())], rows,
+                            vectors[[i]] if vectors is not None else None)
+                for i, (rows, scores) in enumerate(hits)]
+
+    def explain(self, result: QueryResult, rank: int) -> list[tuple[str, float, float]]:
+        """The tokens (as strings) a hit shares with its query: ``(token, query_w, doc_w)``."""
+        if result.vector is None:
+            return []
+        row = int(result.rows[rank])
+        shared = self.sparse.explain(result.vector, row)
+        return [(self.tokenizer.decode([t]), qw, dw) for t, qw, dw in shared]
+
+    def doc_tokens(self, row: int, n: int = 8) -> list[tuple[str, float]]:
+        """A document's top-n aligned tokens as strings."""
+        ids, ws = self.sparse.doc_tokens[row][:n], self.sparse.doc_weights[row][:n]
+        return [(self.tokenizer.decode([int(t)]), float(w)) for t, w in zip(ids, ws) if t >= 0]

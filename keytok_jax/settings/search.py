@@ -1,0 +1,98 @@
+"""Settings of retrieval: how queries become vectors and lists are fused (shared by ``search``,
+``evaluate`` and :class:`keytok_jax.retrieval.Searcher`), and each retrieval command's own flags,
+with every default written once."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import SettingsError
+from .core import setting
+
+__all__ = ["MODES", "SPARSE_MODES", "ALL_MODES", "QUERY_WEIGHTS", "FUSIONS", "RRF_K",
+           "SEARCH_FORMATS", "QuerySettings", "SearchSettings", "EvaluateSettings",
+           "ExportSettings"]
+
+MODES = ("tokens", "encode", "expand", "dense", "hybrid")
+SPARSE_MODES = ("tokens", "encode", "expand")       # the modes that make a sparse query vector
+ALL_MODES = ("bm25",) + MODES                        # evaluate: the BM25 baseline and every mode
+QUERY_WEIGHTS = ("idf", "binary")
+FUSIONS = ("rrf", "weighted")
+RRF_K = 60
+SEARCH_FORMATS = ("text", "jsonl", "trec")
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """How a query is turned into vectors and how ``hybrid`` fuses its two lists."""
+    query_weights: str = setting("idf", "tokens/expand: weight of a query token",
+                                 choices=QUERY_WEIGHTS)
+    expand_m: int = setting(16, "expand: aligned tokens added")
+    hybrid_sparse: str = setting("expand", "hybrid: the sparse side", choices=SPARSE_MODES)
+    fusion: str = setting("weighted", "hybrid: weighted (min-max normalised scores) or rrf "
+                          f"(reciprocal rank, k={RRF_K})", choices=FUSIONS)
+    alpha: float = setting(0.3, "weighted fusion: weight of the sparse side")
+    depth: int = setting(100, "hybrid: results taken from each list before fusing", flag="")
+    shift: str | None = setting(None, "the shift file the store was embedded with, if any")
+    query_instruction: str | None = setting(None, "instruction for queries (asymmetric models)")
+
+    def __post_init__(self):
+        if self.query_weights not in QUERY_WEIGHTS:
+            raise SettingsError(f"query_weights must be one of {QUERY_WEIGHTS}, "
+                                f"got {self.query_weights!r}")
+        if self.hybrid_sparse not in SPARSE_MODES:
+            raise SettingsError(f"hybrid_sparse must be tokens, encode or expand, "
+                                f"got {self.hybrid_sparse!r}")
+        if self.fusion not in FUSIONS:
+            raise SettingsError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """``python -m keytok_jax.search`` besides :class:`QuerySettings` (``--query`` is repeatable
+    and added by the command)."""
+    store: str | None = setting(None, "store written by python -m keytok_jax.embed", required=True)
+    queries: str | None = setting(None, "file of queries: BEIR queries.jsonl, id<TAB>text .tsv, "
+                                  "or one query per line")
+    mode: str = setting("tokens", "query mode (tokens: inference-free, needs only the tokenizer)",
+                        choices=MODES)
+    k: int = setting(10, "results per query", short="-k")
+    format: str = setting("text", "text: ranked lists with matched tokens; jsonl: one object per "
+                          "query; trec: a TREC run file (qid Q0 doc rank score tag)",
+                          choices=SEARCH_FORMATS)
+    output: str | None = setting(None, "write results here instead of standard output")
+    show_tokens: int = setting(6, "text format: matched (or, for dense, the document's top) "
+                               "tokens shown per hit")
+    index: str | None = setting(None, "sparse index directory (default STORE/index/sparse; built "
+                                "on first use and rebuilt when the store changes)")
+    rebuild: bool = setting(False, "rebuild the sparse index")
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """``python -m keytok_jax.evaluate`` besides :class:`QuerySettings` (``--mode`` is repeatable
+    and added by the command)."""
+    store: str | None = setting(None, "store written by python -m keytok_jax.embed (with --dense "
+                                "for the dense and hybrid modes)", required=True)
+    dataset: str | None = setting(None, "BEIR folder (corpus.jsonl, queries.jsonl, qrels/)",
+                                  required=True)
+    split: str = setting("test", "qrels split (qrels/SPLIT.tsv)")
+    k: int = setting(100, "results retrieved per query (Recall@100 needs 100)")
+    warmup: int = setting(8, "queries searched once before timing (model load, compilation)",
+                          flag="")
+    output: str | None = setting(None, "write the report as JSON here")
+    markdown: str | None = setting(None, "also write the table as markdown here")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """``python -m keytok_jax.export``."""
+    store: str | None = setting(None, "store written by python -m keytok_jax.embed", required=True)
+    output: str | None = setting(None, "documents file (.jsonl, or .jsonl.gz compressed)",
+                                 required=True)
+    factor: float = setting(100.0, "quantization: impact = round(weight * factor)")
+    queries: str | None = setting(None, "also export these queries (BEIR queries.jsonl, .tsv or "
+                                  "one per line)")
+    queries_output: str | None = setting(None, "where the query vectors go (default OUTPUT's "
+                                         "folder/queries.jsonl)")
+    query_mode: str = setting("tokens", "how query vectors are made (see python -m "
+                              "keytok_jax.search --help)", choices=SPARSE_MODES)
