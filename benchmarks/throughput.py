@@ -148,16 +148,14 @@ def read_texts(dataset: str, limit: int | None) -> list[str]:
 
 
 def load_settings(config: str | None, max_length: int | None):
-    import yaml
+    """(EmbedSettings, model) of the preset, resolved as the embed job resolves ``--config``
+    (a key the job does not know is refused), with ``--max-length`` over it."""
+    from keytok_jax import settings
 
-    from keytok_jax import EmbedSettings
-
-    preset = yaml.safe_load(Path(config).read_text()) if config else {}
-    fields = set(EmbedSettings.__dataclass_fields__)
-    kw = {k: v for k, v in (preset or {}).items() if k in fields}
-    if max_length is not None:
-        kw["max_length"] = max_length
-    return EmbedSettings(**kw), (preset or {}).get("model")
+    classes = [cls for _, group in settings.JOB_GROUPS for cls in group]
+    flags = {} if max_length is None else {"max_length": max_length}
+    opts = settings.resolve(classes, flags, config=config or None)
+    return settings.build(settings.EmbedSettings, opts), opts["model"]
 
 
 def matmul_peak(framework: str, shapes, reps: int) -> dict:

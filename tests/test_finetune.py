@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED, shared_or_skip
+from keytok_jax.errors import SettingsError
 from keytok_jax.readers import CorpusError
 from keytok_jax.train import data
 from keytok_jax.train.objectives import (Adapter, combine, frozen_part, info_nce, init_trainable,
@@ -182,7 +183,7 @@ def test_resume_continues_at_same_step_and_state(full_run, tiny_folder, pairs_fi
     log = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3, 4, 5, 6]
     # A rerun with other settings is refused, naming them.
-    with pytest.raises(SystemExit, match="lr"):
+    with pytest.raises(SettingsError, match="lr"):
         train({**opts, "lr": 1e-3})
 
 

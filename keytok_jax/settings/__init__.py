@@ -12,4 +12,5 @@ from .embed import (INSTRUCTION_FORMATS, JOB_GROUPS, JOB_PRESET, PROMPTS, Device
 __all__ = ["build", "defaults", "read_preset", "resolve", "setting", "INSTRUCTION_FORMATS",
            "JOB_GROUPS", "JOB_PRESET", "PROMPTS", "DeviceSettings", "EmbedSettings",
            "InputSettings", "ModelSettings", "OutputSettings", "SpeedSettings", "Template"]
+from .train import FINETUNE_GROUPS, TrainDataSettings, TrainEmbedSettings, TrainSettings  # noqa: F401
 from .search import EvaluateSettings, ExportSettings, QuerySettings, SearchSettings  # noqa: F401

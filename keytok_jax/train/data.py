@@ -1,7 +1,7 @@
 """Training examples ``(anchor, positive, negative | None)`` from the formats users have.
 
 - **pairs / triplets JSONL**: one object per line with ``anchor`` and ``positive`` strings and an
-  optional ``negative`` (a hard negative). Malformed lines raise :class:`~keytok_jax.readers.CorpusError`
+  optional ``negative`` (a hard negative). Malformed lines raise :class:`~keytok_jax.errors.CorpusError`
   naming ``FILE:LINE``.
 - **NLI**: SentEval's SNLI layout (``s1.SPLIT``, ``s2.SPLIT``, ``labels.SPLIT``: premise,
   hypothesis, label per line) or SimCSE's ``nli_for_simcse.csv`` (``sent0,sent1,hard_neg``). A
@@ -18,9 +18,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..readers import CorpusError
-
-FORMATS = ("auto", "jsonl", "nli", "beir")
+from ..errors import CorpusError, SettingsError
+from ..pipeline import read_corpus
+from ..retrieval.queries import load_beir
+from ..settings.train import TRAIN_DATA_FORMATS
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +109,6 @@ def read_nli(path, splits: tuple[str, ...] | None = None) -> list[Example]:
 
 
 def read_beir(path, split: str = "train") -> list[Example]:
-    from ..evaluate import load_beir
-    from ..readers import read_corpus
-
     queries, qrels = load_beir(path, split)
     wanted = {d for judged in qrels.values() for d, s in judged.items() if s > 0}
     docs = {doc.id: doc.text for doc in read_corpus(path, format="beir") if doc.id in wanted}
@@ -140,8 +138,8 @@ def detect(path) -> str:
 def read_examples(path, format: str = "auto", *, split: str | None = None) -> list[Example]:
     """Examples from ``path`` in ``format`` (see the module docstring). ``split``: BEIR qrels split
     (default train) or NLI splits, comma-separated (default: all present)."""
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if format not in TRAIN_DATA_FORMATS:
+        raise SettingsError(f"format must be one of {TRAIN_DATA_FORMATS}, got {format!r}")
     if not Path(path).exists():
         raise FileNotFoundError(f"training data not found: {path}")
     fmt = detect(path) if format == "auto" else format

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from ..errors import SettingsError
 from ..pooling import l2_normalize, pool
-
-MODES = ("lora", "bias", "full")
+from ..settings.train import TRAIN_MODES
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,10 @@ class Adapter:
     targets: tuple[str, ...] = ("attn", "mlp")
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in TRAIN_MODES:
+            raise SettingsError(f"mode must be one of {TRAIN_MODES}, got {self.mode!r}")
         if self.mode == "lora" and (self.rank < 1 or not self.targets):
-            raise ValueError("LoRA needs rank >= 1 and at least one target")
+            raise SettingsError("LoRA needs rank >= 1 and at least one target")
 
     @property
     def scale(self) -> float:
@@ -62,7 +62,7 @@ def lora_paths(params, targets) -> list[str]:
            if p.startswith("layers/") and p.endswith("/kernel") and v.ndim == 3
            and set(targets) & set(p.split("/")[1:-1])]
     if not out:
-        raise ValueError(f"no block kernel matches LoRA targets {list(targets)}")
+        raise SettingsError(f"no block kernel matches LoRA targets {list(targets)}")
     return sorted(out)
 
 
@@ -74,8 +74,8 @@ def init_trainable(params, adapter: Adapter, rng) -> dict:
     if adapter.mode == "bias":
         biases = {p: v for p, v in flat.items() if p.endswith("/bias")}
         if not biases:
-            raise ValueError("this architecture has no bias parameters: bias-only (BitFit) training "
-                             "is impossible; use --mode lora or --mode full")
+            raise SettingsError("this architecture has no bias parameters: bias-only (BitFit) training "
+                                "is impossible; use --mode lora or --mode full")
         return _nest(biases)
     out = {}
     for i, p in enumerate(lora_paths(params, adapter.targets)):
