@@ -14,11 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import CorpusError
-from ..readers import read_corpus
+from ..pipeline import read_corpus
 
-__all__ = ["TEXT_FORMATS", "read_texts", "sts_pairs", "stsb_pairs", "sts_gold_path"]
-
-TEXT_FORMATS = ("auto", "jsonl", "tsv", "txt", "parquet", "beir", "sts", "stsb")
+__all__ = ["read_texts", "sts_pairs", "stsb_pairs", "sts_gold_path"]
 
 # (line number, sentence a, sentence b, gold score or None)
 Pair = tuple[int, str, str, "float | None"]
@@ -94,7 +92,7 @@ def read_texts(path, format: str = "auto", *, min_score: float | None = None, go
                sts_cleanup: bool = True, id_field: str = "_id",
                text_fields: Sequence[str] = ("title", "text"), limit: int | None = None
                ) -> Iterator[tuple[str, str]]:
-    """``(id, text)`` pairs, streamed for the corpus formats of :mod:`keytok_jax.readers`
+    """``(id, text)`` pairs, streamed for the corpus formats of :mod:`keytok_jax.pipeline.read`
     (``txt``: one text per line, line endings stripped), plus ``sts`` (SentEval ``STS.input.*``
     pairs; gold scores from ``gold`` or the matching ``STS.gs.*``; pairs with gold > ``min_score``;
     the official " ."/" ?" removal unless ``sts_cleanup=False``; all first sentences, then all

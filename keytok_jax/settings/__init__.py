@@ -14,3 +14,4 @@ __all__ = ["build", "defaults", "read_preset", "resolve", "setting", "INSTRUCTIO
            "InputSettings", "ModelSettings", "OutputSettings", "SpeedSettings", "Template"]
 from .train import FINETUNE_GROUPS, TrainDataSettings, TrainEmbedSettings, TrainSettings  # noqa: F401
 from .search import EvaluateSettings, ExportSettings, QuerySettings, SearchSettings  # noqa: F401
+from .analysis import ANALYSIS_PRESET, PRECISIONS, TEXT_FORMATS, analysis_embedding, sts_embedding  # noqa: F401

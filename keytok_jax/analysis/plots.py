@@ -1,4 +1,5 @@
-"""PNG plots for the spectral analysis (matplotlib, Agg backend; imported only when plotting).
+"""PNG plots of the analyses (matplotlib, Agg backend). matplotlib is optional: it is imported
+on the first plot (:func:`pyplot`, which raises ImportError without it).
 
 - :func:`plot_variation`: mean coefficient difference (embedder − backbone) per principal component;
 - :func:`plot_explained`: each component's share of the (un)centered second moment;
@@ -12,13 +13,20 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["plot_before_after", "plot_contribution", "plot_explained", "plot_variation", "token_label"]
+__all__ = ["plot_before_after", "plot_contribution", "plot_explained", "plot_variation", "pyplot",
+           "token_label"]
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def token_label(token: str) -> str:
@@ -31,7 +39,7 @@ def _save(fig, path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing glyphs for CJK/emoji tokens
         fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -39,7 +47,7 @@ def plot_variation(diff: Sequence[float], path, title: str = "variation per comp
     d = np.asarray(diff, np.float64)
     if max_components:
         d = d[:max_components]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     ax.plot(np.arange(1, len(d) + 1), d, lw=1)
     ax.scatter([1], [d[0]], color="C3", zorder=3, label=f"v1: {d[0]:.3g}")
     ax.axhline(0, color="k", lw=0.5)
@@ -52,7 +60,7 @@ def plot_variation(diff: Sequence[float], path, title: str = "variation per comp
 
 def plot_explained(explained: Sequence[float], path, title: str = "explained share", n: int = 50):
     e = np.asarray(explained, np.float64)[:n]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     ax.bar(np.arange(1, len(e) + 1), e, color="C0")
     ax.set_yscale("log")
     ax.set_xlabel("component")
@@ -72,7 +80,7 @@ def _bars(ax, labels, values, ylabel):
 
 
 def plot_contribution(tokens: Sequence[str], total, first, residual, path, title: str = ""):
-    fig, axes = plt.subplots(3, 1, figsize=(max(6, 0.7 * len(tokens)), 8), sharex=True)
+    fig, axes = pyplot().subplots(3, 1, figsize=(max(6, 0.7 * len(tokens)), 8), sharex=True)
     for ax, vals, name in zip(axes, (total, first, residual), ("total", "first component", "residual")):
         _bars(ax, tokens, vals, name)
     axes[0].set_title(title)
@@ -81,7 +89,7 @@ def plot_contribution(tokens: Sequence[str], total, first, residual, path, title
 
 
 def plot_before_after(tokens_before, logits_before, tokens_after, logits_after, path, title: str = ""):
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.7 * len(tokens_before)), 6))
+    fig, axes = pyplot().subplots(2, 1, figsize=(max(6, 0.7 * len(tokens_before)), 6))
     _bars(axes[0], tokens_before, logits_before, "logit, no shift")
     _bars(axes[1], tokens_after, logits_after, "logit, shifted")
     axes[0].set_title(title)
