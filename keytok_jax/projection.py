@@ -10,6 +10,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 WEIGHTINGS = ("logit", "relu", "log1p_relu")
 
@@ -150,8 +151,6 @@ def sharded_topk_projection(pooled, lm_head, k: int, mesh, *, chunk: int = 8192,
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    from jax.sharding import PartitionSpec as P
-
     m = int(mesh.shape[axis])
     V = lm_head.shape[0]
     if not isinstance(k, int) or not 1 <= k <= V:

@@ -14,8 +14,8 @@ PKG = Path(__file__).resolve().parents[1] / "keytok_jax"
 # not import each other.
 LAYERS = [
     ("errors", "records"),
-    ("models", "pooling", "projection", "flops", "sharding", "distributed"),
-    ("model",),
+    ("models", "pooling", "projection", "sharding", "distributed"),
+    ("model", "flops"),
     ("loading",),
     ("settings",),
     ("store",),

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from huggingface_hub import snapshot_download
 
+from .. import sharding
 from ..model import KeytokModel
 from ..models import UnsupportedConfigError, config_from_hf
 from . import cache as param_cache
@@ -51,8 +53,6 @@ def resolve(name_or_path: str) -> Path:
 
 
 def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(repo_id, allow_patterns=[
             "*.json", "*.safetensors", "*.model", "tokenizer*", "*.txt"]))
@@ -148,8 +148,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-    from .. import sharding
-
     mesh = sharding.parse_mesh(mesh)
     t0 = time.perf_counter()
     path = resolve(name_or_path)
@@ -204,8 +202,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
 
 
 def _shardings(cfg, dtype: str, mesh):
-    from .. import sharding
-
     return sharding.param_shardings(abstract_variables(cfg, jnp.dtype(NP_DTYPES[dtype])), mesh, cfg)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ..models import DecoderConfig, build_module
+from ..sharding import place
 from .name_maps import NAME_MAPS, Entry, linear
 from .sources import TensorSource, WeightError
 
@@ -88,8 +89,6 @@ def convert(cfg: DecoderConfig, source: TensorSource, dtype: str = "float32", sh
             _check_shape(source, entry, names[0], tuple(value.shape), want)
             value = np.asarray(value, dtype=np_dtype)
             if placed is not None:
-                from ..sharding import place
-
                 value = place(value, placed[entry.path])
             out[entry.path] = value
         used.update(names)
