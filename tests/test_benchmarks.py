@@ -3,9 +3,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, SHARED, load_benchmark, shared_or_skip
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_smoke(tiny_folder, tmp_path):
     scifact = shared_or_skip(SHARED / "data" / "scifact")
     out = tmp_path / "throughput.json"
@@ -31,6 +34,7 @@ def test_throughput_benchmark_smoke(tiny_folder, tmp_path):
     assert any(line.startswith("| baseline |") for line in table)
 
 
+@pytest.mark.slow
 def test_throughput_parts_resume(tiny_folder, tmp_path):
     """--parts: each part is saved as it ends; a rerun after an interruption measures only the
     missing parts, and the totals are the parts' sums."""

@@ -159,6 +159,7 @@ def full_run(tiny_folder, pairs_file, tmp_path_factory):
     return out, train(_opts(tiny_folder, pairs_file, out))
 
 
+@pytest.mark.slow
 def test_training_reduces_loss(full_run):
     out, summary = full_run
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -169,6 +170,7 @@ def test_training_reduces_loss(full_run):
     assert last < 0.8 * first, (first, last)
 
 
+@pytest.mark.slow
 def test_resume_continues_at_same_step_and_state(full_run, tiny_folder, pairs_file, tmp_path):
     from keytok_jax.finetune import train
 
@@ -187,6 +189,7 @@ def test_resume_continues_at_same_step_and_state(full_run, tiny_folder, pairs_fi
         train({**opts, "lr": 1e-3})
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun(tiny_folder, pairs_file, tmp_path):
     """The CLI killed with SIGKILL after its step-50 checkpoint, rerun with the same command: it
     resumes from the checkpoint and ends with the parameters of an uninterrupted run, every step

@@ -68,6 +68,7 @@ def test_monotone_in_length(count, mode):
         assert all(b > a for a, b in itertools.pairwise(values))
 
 
+@pytest.mark.slow
 def test_tiny_config_matches_xla_cost_analysis(tmp_path, capsys):
     """Forward (jitted module.apply) and the embedder's real step, T = 64 and 256 (blocked
     attention with causal key skipping), with XLA's layer and vocabulary loops counted in full."""

@@ -240,6 +240,7 @@ def mini_scifact(tmp_path_factory):
     return root / "data", store
 
 
+@pytest.mark.slow
 def test_evaluate_cli_on_scifact_subset(mini_scifact, tmp_path, capsys):
     from keytok_jax.evaluate import main as eval_main
 
