@@ -1,8 +1,8 @@
 """keytok_jax: batch text embeddings and their aligned key tokens from decoder LLMs, in JAX."""
-from .embedder import EmbedOutput, EmbedSettings, Embedder, Shift
 from .loading import DEFAULT_MODEL, WeightError, load_model
 from .model import KeytokModel
 from .models import UnsupportedConfigError
+from .pipeline import EmbedOutput, EmbedSettings, Embedder, Shift
 
 __version__ = "0.1.0"
 

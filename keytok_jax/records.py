@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["FLAG_TRUNCATED", "FLAG_EMPTY", "FLAG_REPLACED", "KNOWN_FLAGS", "Doc", "TokenizedDoc",
-           "EmbedOutput"]
+           "EmbedOutput", "ReadStats", "Batch"]
 
 # Row flags (the store's ``flags`` array; the store format documents the same bits).
 FLAG_TRUNCATED = 1  # the text was cut at max_length
@@ -45,3 +45,22 @@ class EmbedOutput:
     token_weights: np.ndarray  # float32 [N, k]; 0 for empty texts
     lengths: np.ndarray        # int32 [N] tokens the model saw
     flags: np.ndarray          # uint8 [N] FLAG_* bits
+
+
+@dataclass
+class ReadStats:
+    """Counters of one read of a corpus, updated in place by the reader (pass one as ``stats=``)."""
+    docs: int = 0  # documents yielded
+    empty: int = 0  # of which flagged FLAG_EMPTY
+    replaced: int = 0  # of which flagged FLAG_REPLACED
+    rejected: int = 0  # bad lines skipped with on_error="skip"
+    lines: int = 0  # physical lines read, headers and blank lines included (parquet: rows)
+    replacements: int = 0  # U+FFFD characters inserted for invalid bytes / lone surrogates
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One device batch of a window of tokenized texts, as the plan lays it out."""
+    rows: list  # indices of the window's texts it holds, shortest first (a lock-step filler: none)
+    seq: int  # padded length: one of the sequence buckets
+    variant: int  # its row count is the token budget's rows / 4**variant (keytok_jax.pipeline.plan)

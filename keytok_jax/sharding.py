@@ -40,11 +40,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 log = logging.getLogger("keytok_jax")
@@ -140,8 +141,6 @@ def parse_mesh(spec, devices=None, global_mesh: bool = False) -> Mesh | None:
         grid = np.asarray(devices[:total], dtype=object).reshape(shape)
     else:
         try:
-            from jax.experimental import mesh_utils
-
             grid = mesh_utils.create_device_mesh(shape, devices=devices)
         except Exception:  # unusual topologies: plain order
             grid = np.asarray(devices, dtype=object).reshape(shape)
@@ -279,11 +278,5 @@ def place(tree, shardings):
     return jax.tree.map(put, tree, shardings)
 
 
-def spec_tree(params) -> Any:
-    """The PartitionSpec of each placed parameter (for checks and ``show``)."""
-    return jax.tree.map(lambda a: a.sharding.spec if isinstance(a.sharding, NamedSharding) else None, params)
-
-
 __all__ = ["RULES", "MESH_AXES", "LOGICAL_AXES", "parse_mesh", "parse_mesh_spec", "mesh_str", "axis_size",
-           "spans_processes", "process_groups", "logical_spec", "param_specs", "param_shardings", "batch_sharding", "replicated", "place",
-           "spec_tree"]
+           "spans_processes", "process_groups", "logical_spec", "param_specs", "param_shardings", "batch_sharding", "replicated", "place"]

@@ -109,7 +109,7 @@ def main(smollm2_dir: str, work: str, out_path: str) -> None:
     count_reads()
     import keytok_jax
     from keytok_jax import sharding
-    from keytok_jax.embedder import EmbedSettings, Embedder
+    from keytok_jax.pipeline import EmbedSettings, Embedder
 
     assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.devices()}"
     work = Path(work)

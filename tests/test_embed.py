@@ -14,8 +14,8 @@ from conftest import SHARED, SMOLLM2_GGUF, shared_or_skip
 
 import keytok_jax
 from keytok_jax import store as store_lib
-from keytok_jax.embed import main as embed_main
-from keytok_jax.embedder import EmbedSettings, Embedder, Shift, seq_buckets
+from keytok_jax.cli.embed import main as embed_main, resolve_options
+from keytok_jax.pipeline import EmbedSettings, Embedder, Shift, seq_buckets
 
 SCIFACT = SHARED / "data" / "scifact"
 
@@ -61,7 +61,7 @@ def test_text_outputs_do_not_depend_on_batch_or_bucket(smollm2):
     seq, rows = 128, 3
     ids = np.zeros((rows, seq), np.int32); mask = np.zeros_like(ids)
     ids[1, : len(doc.ids)], mask[1, : len(doc.ids)] = doc.ids, 1
-    dense, tok, _ = emb._executable(rows, seq)(smollm2.params, ids, mask, mask, emb._shift_vec)
+    dense, tok, _ = emb.executable(rows, seq)(smollm2.params, ids, mask, mask, emb.step.shift_vec)
     assert_same_vectors(np.asarray(dense)[1], alone.dense[0])
     np.testing.assert_array_equal(np.asarray(tok)[1], alone.token_ids[0])
 
@@ -243,8 +243,6 @@ def test_help_explains_every_flag(capsys):
 
 
 def test_config_presets_parse():
-    from keytok_jax.embed import resolve_options
-
     for preset in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         opts = resolve_options(["--input", "x", "--output", "y", "--config", str(preset)])
         EmbedSettings(**{k: opts[k] for k in EmbedSettings().as_dict()})

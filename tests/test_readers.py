@@ -1,4 +1,4 @@
-"""keytok_jax.readers: formats, flags, bad input (raise / skip), duplicates, streaming, counts."""
+"""keytok_jax.pipeline.read: formats, flags, bad input (raise / skip), duplicates, streaming, counts."""
 from __future__ import annotations
 
 import gzip
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED, shared_or_skip
-from keytok_jax.readers import CorpusError, Doc, ReadStats, count_docs, detect_format, read_corpus
-from keytok_jax.store import FLAG_EMPTY, FLAG_REPLACED
+from keytok_jax.errors import CorpusError
+from keytok_jax.pipeline.read import count_docs, detect_format, read_corpus
+from keytok_jax.records import FLAG_EMPTY, FLAG_REPLACED, Doc, ReadStats
 
 SCIFACT = SHARED / "data" / "scifact"
 

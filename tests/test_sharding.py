@@ -138,7 +138,7 @@ def test_unknown_logical_axis_is_refused():
 
 
 def test_mesh_option_from_config_and_flag(tmp_path):
-    from keytok_jax.embed import build_parser, resolve_options
+    from keytok_jax.cli.embed import build_parser, resolve_options
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("mesh: data=4,model=2\n")

@@ -1,0 +1,197 @@
+"""The embedder: texts → dense vectors and sparse aligned-token vectors, as tokenize → plan → step.
+
+:class:`Embedder` holds the three stages for one model and settings; ``embed_tokenized`` runs a
+window of tokenized texts through the plan and the device step, and ``encode`` is the
+sentence-transformers / MTEB entry point over raw texts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .. import sharding
+from ..errors import SettingsError
+from ..loading import load_model
+from ..model import KeytokModel
+from ..records import FLAG_EMPTY, Batch, EmbedOutput, TokenizedDoc
+from ..settings import EmbedSettings
+from .correction import Shift
+from .lockstep import feed_for
+from .plan import Shapes, pad_batch, seq_buckets
+from .step import RunStats, Step
+from .tokenize import DocTokenizer
+
+__all__ = ["Embedder", "model_identity"]
+
+
+def model_identity(model: KeytokModel) -> dict:
+    """Name and size of each source file of a model, as a store records it: stable across
+    reinstalls (unlike mtimes)."""
+    return {"source": Path(model.source).name,
+            "files": [[Path(f).name, Path(f).stat().st_size] for f in model.load_info["files"]]}
+
+
+def _check(model: KeytokModel, settings: EmbedSettings, shift: Shift | None) -> None:
+    """Refuse settings this model cannot embed with."""
+    if model.tokenizer is None:
+        raise SettingsError(f"{model.source} has no tokenizer; the embedder needs one")
+    if settings.top_k > model.config.vocab_size:
+        raise SettingsError(f"top_k={settings.top_k} exceeds the vocabulary ({model.config.vocab_size})")
+    md, dim = settings.matryoshka_dim, model.config.output_dim
+    if md is not None and not 1 <= md <= dim:
+        raise SettingsError(f"matryoshka_dim must be in [1, {dim}], got {md}")
+    if shift is not None and shift.direction.shape != (dim,):
+        raise SettingsError(f"shift direction has shape {shift.direction.shape}, the model's "
+                            f"embeddings have dim {dim}")
+
+
+@dataclass
+class _InFlight:
+    """A dispatched batch whose results have not been read yet."""
+    rows: np.ndarray  # the window's texts it holds
+    padded: int  # tokens this process fed, padding included
+    result: tuple  # device arrays: dense, token ids, token weights
+
+
+class Embedder:
+    """Dense and sparse (aligned-token) embeddings from a decoder LM.
+
+    ``encode(texts)`` follows the sentence-transformers / MTEB convention and returns the dense
+    ``np.ndarray [N, D]``; ``encode(texts, output_value=None)`` returns an :class:`EmbedOutput`
+    with ``dense``, ``token_ids [N, k]``, ``token_weights [N, k]``, ``lengths`` and ``flags``.
+
+    The sparse side projects the pooled vector (before normalisation and truncation, after the
+    optional shift) through the LM head and keeps the top-k tokens; selection is by raw logit,
+    ties go to the lower token id; ``weighting`` maps logits to weights (``logit``; ``relu`` =
+    max(logit, 0); ``log1p_relu`` = log(1 + max(logit, 0))).
+
+    ``mesh`` (a ``jax.sharding.Mesh`` or ``"data=D,model=M"``; default: the model's own, else one
+    device) shards the step as :mod:`keytok_jax.sharding` says: parameters by the rules, batches
+    over ``data`` (rows per batch rounded up to a multiple of its size), the top-k over ``model``.
+    """
+
+    def __init__(self, model: KeytokModel, settings: EmbedSettings | None = None, *,
+                 shift: Shift | None = None, batch_tokens: int = 8192, vocab_chunk: int = 4096,
+                 mesh=None):
+        self.model = model
+        self.settings = settings or EmbedSettings()
+        _check(model, self.settings, shift)
+        self.shift, self.batch_tokens, self.vocab_chunk = shift, batch_tokens, vocab_chunk
+        self.doc_tokenizer = DocTokenizer(model.tokenizer, self.settings.template(), self.settings.max_length)
+        self.mesh = sharding.parse_mesh(mesh) if mesh is not None else model.mesh
+        self.feed = feed_for(self.mesh)
+        self.shapes = Shapes(batch_tokens, tuple(seq_buckets(self.settings.max_length)),
+                             self.feed.data_size, self.feed.host_rows)
+        self.step = Step(model, self.settings, shift, vocab_chunk, self.feed)
+        self.stats = RunStats()
+
+    @classmethod
+    def from_pretrained(cls, model: str | KeytokModel = "smollm2-135m", *, dtype: str = "float32",
+                        shift: Shift | str | None = None, batch_tokens: int = 8192,
+                        vocab_chunk: int = 4096, mesh=None, **settings) -> "Embedder":
+        """``Embedder.from_pretrained("smollm2-135m", pooling="mean", prompt=..., instruction=...,
+        attention="causal", max_length=512, top_k=64, weighting="relu", mesh="data=4,model=2")``."""
+        if isinstance(model, str):
+            model = load_model(model, dtype=dtype, mesh=mesh)
+        if isinstance(shift, (str, Path)):
+            shift = Shift.load(shift)
+        return cls(model, EmbedSettings(**settings), shift=shift, batch_tokens=batch_tokens,
+                   vocab_chunk=vocab_chunk, mesh=mesh)
+
+    # ------------------------------------------------------------------ stages
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedDoc]:
+        return self.doc_tokenizer(list(texts))
+
+    def plan(self, lengths: np.ndarray) -> list[Batch]:
+        return self.shapes.plan(np.asarray(lengths))
+
+    def rows_for(self, seq: int, remaining: int | None = None) -> int:
+        return self.shapes.rows_for(seq, remaining)
+
+    def executable(self, rows: int, seq: int):
+        """The compiled step for ``[rows, seq]`` batches (for measurements)."""
+        return self.step.executable(rows, seq, self.stats)
+
+    # benchmarks/ (throughput.py, flops.py) read the plan and the step by these older names.
+    def _plan(self, lengths: np.ndarray) -> list[tuple[list[int], int]]:
+        return [(b.rows, b.seq) for b in self.plan(lengths)]
+
+    _executable = executable
+
+    # ------------------------------------------------------------------ host loop
+    def embed_tokenized(self, docs: Sequence[TokenizedDoc], in_flight: int = 2,
+                        on_batch=None) -> EmbedOutput:
+        """Embed a window of tokenized docs; rows come back in input order.
+
+        Docs are sorted by length inside the window, grouped into fixed (rows, seq) shapes and
+        dispatched asynchronously with ``in_flight`` batches queued before the host waits.
+        ``on_batch(docs, real_tokens, padded_tokens)`` is called as each batch's results arrive."""
+        out = self._blank_output(docs)
+        pending: deque[_InFlight] = deque()
+        for batch in self.feed.schedule(self.plan(out.lengths), self.shapes.buckets):
+            pending.append(self._dispatch(docs, batch))
+            while len(pending) > in_flight:
+                self._collect(pending.popleft(), out, on_batch)
+        while pending:
+            self._collect(pending.popleft(), out, on_batch)
+        empty = (out.flags & FLAG_EMPTY).astype(bool) | (out.lengths == 0)
+        out.token_ids[empty], out.token_weights[empty] = -1, 0.0
+        out.flags[out.lengths == 0] |= FLAG_EMPTY
+        self.stats.docs += len(docs)
+        self.stats.real_tokens += int(out.lengths.sum())
+        return out
+
+    def _blank_output(self, docs: Sequence[TokenizedDoc]) -> EmbedOutput:
+        n = len(docs)
+        k, dim = self.settings.top_k, self.settings.matryoshka_dim or self.model.config.output_dim
+        return EmbedOutput(np.zeros((n, dim), np.float32), np.full((n, k), -1, np.int32),
+                           np.zeros((n, k), np.float32),
+                           np.array([len(d.ids) for d in docs], np.int32),
+                           np.array([d.flags for d in docs], np.uint8))
+
+    def _dispatch(self, docs: Sequence[TokenizedDoc], batch: Batch) -> _InFlight:
+        rows = self.shapes.rows_at(batch.seq, batch.variant)
+        host_rows = self.feed.host_rows(rows)
+        arrays = pad_batch([docs[r] for r in batch.rows], host_rows, batch.seq)
+        result = self.step(rows, batch.seq, arrays, self.stats)
+        self.stats.batches += 1
+        self.stats.padded_tokens += host_rows * batch.seq
+        return _InFlight(np.asarray(batch.rows, np.int64), host_rows * batch.seq, result)
+
+    def _collect(self, done: _InFlight, out: EmbedOutput, on_batch) -> None:
+        dense, ids, weights = (np.asarray(self.feed.local(a)) for a in done.result)
+        rows, m = done.rows, len(done.rows)
+        out.dense[rows], out.token_ids[rows], out.token_weights[rows] = dense[:m], ids[:m], weights[:m]
+        if on_batch is not None and m:
+            on_batch(m, int(out.lengths[rows].sum()), done.padded)
+
+    # ------------------------------------------------------------------ API
+    def encode(self, sentences: str | Sequence[str], batch_size: int | None = None,
+               show_progress_bar: bool = False, output_value: str | None = "sentence_embedding",
+               window: int = 4096, **kwargs):
+        """sentence-transformers / MTEB ``encode``: dense ``np.ndarray [N, D]`` (``[D]`` for one
+        string). ``batch_size`` is accepted for compatibility; batches are formed by token budget
+        (``batch_tokens``) over fixed shapes. ``output_value=None`` returns :class:`EmbedOutput`."""
+        if output_value not in (None, "sentence_embedding"):
+            raise SettingsError(f"output_value must be 'sentence_embedding' or None, got {output_value!r}")
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        starts = range(0, len(texts), window)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="window")
+        parts = [self.embed_tokenized(self.tokenize(texts[s: s + window])) for s in starts]
+        if parts:
+            result = EmbedOutput(*(np.concatenate([getattr(p, f.name) for p in parts])
+                                   for f in dataclasses.fields(EmbedOutput)))
+        else:
+            result = self.embed_tokenized([])
+        if output_value is None:
+            return result
+        return result.dense[0] if single else result.dense

@@ -1,0 +1,154 @@
+"""Step: one jitted program per batch shape does the whole device side of the embedding.
+
+forward pass → pooling → correction (the optional first-component shift) → LM-head top-k over
+vocabulary chunks. Only pooled vectors and the top-k come back to the host. Programs are compiled
+once per ``(rows, seq)`` shape and kept. With a mesh, parameters are placed by the rules of
+:mod:`keytok_jax.sharding`, batches are split over ``data`` and the top-k over ``model``
+(:func:`~keytok_jax.projection.sharded_topk_projection`: same ids and ties).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import sharding
+from ..loading.convert import abstract_variables
+from ..model import KeytokModel
+from ..pooling import l2_normalize, pool
+from ..projection import sharded_topk_projection, topk_projection
+from ..records import Batch
+from ..settings import EmbedSettings
+from .correction import Shift
+
+__all__ = ["RunStats", "Feed", "Step"]
+
+
+@dataclass
+class RunStats:
+    """What the device did: texts, real and padded tokens, batches, compilations."""
+    docs: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+    compiles: int = 0
+    compile_seconds: float = 0.0
+    shapes: set = field(default_factory=set)
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+class Feed:
+    """How this process feeds host batches to its devices and reads the results back: the default
+    device (no mesh), or a mesh of this process's devices, each device getting only its rows.
+    :class:`keytok_jax.pipeline.lockstep.LockstepFeed` is the feed of a mesh spanning processes."""
+
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self.data_size = sharding.axis_size(mesh, "data")
+        self.rows = sharding.batch_sharding(mesh) if mesh is not None else None
+
+    def host_rows(self, rows: int) -> int:
+        """Rows this process feeds of a batch of ``rows``."""
+        return rows
+
+    def schedule(self, batches: list[Batch], buckets) -> list[Batch]:
+        """The batches this process steps through, in order."""
+        return batches
+
+    def put(self, host: np.ndarray):
+        if self.mesh is None:
+            return host
+        return jax.make_array_from_callback(host.shape, self.rows, lambda idx: host[idx])
+
+    def local(self, result):
+        """This process's rows of a step output."""
+        return result
+
+
+def _device_step(model: KeytokModel, settings: EmbedSettings, chunk: int, mesh):
+    """The step function: ``(params, ids, mask, pool_mask, shift_vec) → (dense, token ids, token
+    weights)``."""
+    module = model.module(settings.attention)
+    s = settings
+    head = "embed" if model.config.tie_word_embeddings else "lm_head"
+
+    def step(params, ids, mask, pool_mask, shift_vec):
+        hidden = module.apply({"params": params}, ids, mask)
+        pooled = pool(hidden, pool_mask, s.pooling)
+        if mesh is None:
+            tok_ids, tok_w = topk_projection(pooled + shift_vec, params[head]["embedding"], s.top_k,
+                                             chunk=chunk, weighting=s.weighting)
+        else:
+            tok_ids, tok_w = sharded_topk_projection(pooled + shift_vec, params[head]["embedding"],
+                                                     s.top_k, mesh, chunk=chunk, weighting=s.weighting)
+        dense = pooled[:, : s.matryoshka_dim] if s.matryoshka_dim else pooled
+        if s.normalize:
+            dense = l2_normalize(dense)
+        return dense, tok_ids, tok_w
+
+    return step
+
+
+class Step:
+    """The compiled device step of a model, settings and shift, on ``feed``'s devices."""
+
+    def __init__(self, model: KeytokModel, settings: EmbedSettings, shift: Shift | None,
+                 vocab_chunk: int, feed: Feed):
+        self.model, self.settings, self.vocab_chunk, self.feed = model, settings, vocab_chunk, feed
+        self.mesh = feed.mesh
+        self.params = model.params
+        self.shift_vec = jnp.asarray(
+            shift.lam * shift.direction if shift is not None else np.zeros(model.config.output_dim),
+            jnp.float32)
+        self._jitted = None
+        self._compiled: dict[tuple[int, int], Any] = {}
+        if self.mesh is not None:
+            self._place_on_mesh()
+
+    def _place_on_mesh(self) -> None:
+        """Parameters by the rules (moved once if the model was loaded elsewhere); the shift
+        vector replicated."""
+        model = self.model
+        self.param_shardings = sharding.param_shardings(
+            abstract_variables(model.config, jnp.dtype(model.dtype)), self.mesh, model.config)
+        self.params = sharding.place(self.params, self.param_shardings)
+        self.shift_vec = sharding.place(np.asarray(self.shift_vec), sharding.replicated(self.mesh))
+
+    def _jit(self):
+        fn = _device_step(self.model, self.settings, self.vocab_chunk, self.mesh)
+        if self.mesh is None:
+            return jax.jit(fn)
+        rows = self.feed.rows
+        # pjit semantics: parameters per the rules, batches split over data, outputs too.
+        return jax.jit(fn, in_shardings=(self.param_shardings, rows, rows, rows,
+                                         sharding.replicated(self.mesh)),
+                       out_shardings=(rows, rows, rows))
+
+    def executable(self, rows: int, seq: int, stats: RunStats | None = None):
+        """The compiled program for ``[rows, seq]`` batches (compiled on first use, counted in
+        ``stats``)."""
+        key = (rows, seq)
+        if key not in self._compiled:
+            if self._jitted is None:
+                self._jitted = self._jit()
+            t0 = time.perf_counter()
+            spec = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
+            self._compiled[key] = self._jitted.lower(self.params, spec, spec, spec, self.shift_vec).compile()
+            if stats is not None:
+                stats.compile_seconds += time.perf_counter() - t0
+                stats.compiles += 1
+                stats.shapes.add(key)
+        return self._compiled[key]
+
+    def __call__(self, rows: int, seq: int, host_arrays, stats: RunStats | None = None):
+        """Dispatch one batch (``ids, mask, pool_mask`` of this process's rows); returns the
+        device outputs without waiting for them."""
+        exe = self.executable(rows, seq, stats)
+        return exe(self.params, *(self.feed.put(a) for a in host_arrays), self.shift_vec)
