@@ -12,7 +12,7 @@ Each row shows the ``useful`` count (causal pairs only: what MFU is measured aga
 XLA-convention elementwise work), and XLA's own count of the compiled real program:
 
 - dense doc: the jitted forward (``module.apply``, as ``KeytokModel.hidden_states`` runs it);
-- sparse doc: the embedder's jitted step (``Embedder._executable``: forward, pooling, top-k).
+- sparse doc: the embedder's jitted step (``Embedder.executable``: forward, pooling, top-k).
 
 XLA's ``cost_analysis()['flops']`` counts a ``while`` body once, so the raw number covers one of
 the scanned layers and one vocabulary chunk. The corrected number adds ``num_layers - 1`` layers
@@ -132,7 +132,7 @@ def xla_step(embedder, rows: int, seq: int, layer: float | None = None) -> dict:
     with the layer loop (``layer``: from :func:`xla_forward`) and the vocabulary-chunk loop counted
     trip-count times."""
     cfg, s = embedder.model.config, embedder.settings
-    raw = xla_flops(embedder._executable(rows, seq))
+    raw = xla_flops(embedder.executable(rows, seq))
     if layer is None:
         layer = xla_forward(cfg, rows, seq, s.attention == "causal")["layer"]
     c = min(embedder.vocab_chunk, cfg.vocab_size)

@@ -137,7 +137,7 @@ def log(msg: str) -> None:
 def read_texts(dataset: str, limit: int | None) -> list[str]:
     """The first ``limit`` documents of a BEIR folder / corpus file, title and text joined by a
     space (as ``python -m keytok_jax.embed`` reads them)."""
-    from keytok_jax.readers import read_corpus
+    from keytok_jax.pipeline import read_corpus
 
     texts = []
     for doc in read_corpus(dataset):
@@ -217,12 +217,13 @@ def baseline_padded_flops(cfg, batches) -> float:
 
 def keytok_batches(embedder, lengths) -> list[tuple[int, int]]:
     """(rows, seq) of every batch ``embed_tokenized`` will run for these lengths (its own plan)."""
-    return [(embedder.rows_for(seq, len(rows)), seq) for rows, seq in embedder._plan(np.asarray(lengths))]
+    return [(embedder.rows_for(seq, len(rows)), seq) for rows, seq in
+            ((b.rows, b.seq) for b in embedder.plan(np.asarray(lengths)))]
 
 
 def run_keytok(model, settings, docs, args) -> tuple[dict, object]:
     from keytok_jax import Embedder
-    from keytok_jax.embedder import RunStats
+    from keytok_jax.pipeline import RunStats
 
     lengths = np.array([len(d.ids) for d in docs], np.int32)
     emb = Embedder(model, settings, batch_tokens=args.batch_tokens, vocab_chunk=args.vocab_chunk)
@@ -232,7 +233,7 @@ def run_keytok(model, settings, docs, args) -> tuple[dict, object]:
         emb.embed_tokenized(docs)
     else:
         for rows, seq in sorted(set(batches)):
-            emb._executable(rows, seq)
+            emb.executable(rows, seq)
     warm = time.perf_counter() - t0
     compile_stats = (emb.stats.compiles, emb.stats.compile_seconds)
     emb.stats = RunStats()
@@ -682,7 +683,7 @@ def main(argv=None) -> int:
     if len(parts) < args.parts:
         log(f"keytok: {model_name}, {len(texts)} docs in {args.parts} part(s) ...")
         model = keytok_jax.load_model(model_name, dtype=args.dtype)
-        from keytok_jax.prompts import DocTokenizer
+        from keytok_jax.pipeline import DocTokenizer
 
         tokenize = DocTokenizer(model.tokenizer, settings.template(), settings.max_length)
         sizes = [int(b) for b in args.batch_sizes.split(",")]

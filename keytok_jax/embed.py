@@ -3,7 +3,6 @@
 import sys
 
 from .cli.embed import build_parser, main, resolve_options
-from .pipeline.embedder import model_identity as _model_identity  # noqa: F401  (search, finetune)
 from .pipeline.job import run
 
 __all__ = ["main", "build_parser", "resolve_options", "run"]

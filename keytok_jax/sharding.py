@@ -15,7 +15,6 @@ logical axis    mesh axis  what it is
 ``mlp``         ``model``  MLP hidden units (gate/up/fc_in columns, down/fc_out rows)
 ``embed``       (none)     the residual stream: replicated
 ``embed_proj``  (none)     OPT's project_in/out width: replicated
-``head_dim``    (none)     within a head: replicated
 ``norm``        (none)     norm scales and biases: replicated
 ``positions``   (none)     learned position embeddings (GPT-2, OPT): replicated
 ``layers``      (none)     the stacked-layer axis of ``nn.scan``: replicated
@@ -61,7 +60,6 @@ RULES: tuple[tuple[str, str | None], ...] = (
     ("mlp", "model"),
     ("embed", None),
     ("embed_proj", None),
-    ("head_dim", None),
     ("norm", None),
     ("positions", None),
     ("layers", None),
@@ -255,8 +253,8 @@ def param_shardings(boxed, mesh: Mesh, cfg=None, notes: list | None = None):
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Rows over ``data``, the rest whole."""
-    return NamedSharding(mesh, P(*(("data",) + (None,) * (ndim - 1))))
+    """Rows over the ``batch`` rule's axis (``data``), the rest whole."""
+    return NamedSharding(mesh, logical_spec(("batch",) + (None,) * (ndim - 1)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -16,6 +16,8 @@ import pytest
 
 from keytok_jax import store as store_lib
 
+pytestmark = pytest.mark.slow  # several JAX processes
+
 
 
 

@@ -46,6 +46,7 @@ def _read_store(path):
 
 # ------------------------------------------------------------------ Embedder API
 
+@pytest.mark.slow
 def test_text_outputs_do_not_depend_on_batch_or_bucket(smollm2):
     texts = ["Aspirin lowers the risk of heart attacks.",
              "A much longer sentence about the mitochondria, which are the powerhouse of the cell, "
@@ -66,6 +67,7 @@ def test_text_outputs_do_not_depend_on_batch_or_bucket(smollm2):
     np.testing.assert_array_equal(np.asarray(tok)[1], alone.token_ids[0])
 
 
+@pytest.mark.slow
 def test_compile_count_is_bounded(smollm2):
     rng = np.random.default_rng(0)
     words = "the cell protein gene cancer risk trial dose patients effect".split()
@@ -110,6 +112,7 @@ def test_shift_changes_projection_not_dense(smollm2, tmp_path):
 
 # ------------------------------------------------------------------ CLI
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_scifact(smollm2, tmp_path, capsys):
     shared_or_skip(SCIFACT)
     out = tmp_path / "store"
@@ -153,6 +156,7 @@ def _cli(folder, corpus, out, *extra):
             "--no-progress", "--dense", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tiny_folder, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     rng = np.random.default_rng(1)

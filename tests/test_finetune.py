@@ -8,7 +8,7 @@ import pytest
 
 from conftest import SHARED, shared_or_skip
 from keytok_jax.errors import SettingsError
-from keytok_jax.readers import CorpusError
+from keytok_jax.errors import CorpusError
 from keytok_jax.train import data
 from keytok_jax.train.objectives import (Adapter, combine, frozen_part, info_nce, init_trainable,
                                          merge_lora)

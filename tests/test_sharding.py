@@ -60,6 +60,7 @@ def mesh_results(tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
 @pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.slow
 def test_mesh_matches_single_device(mesh_results, family, mesh):
     r = mesh_results[family][mesh]
     print(f"{family} {mesh}: max relative L2 error {r['max_rel_err']:.3g}, ids equal {r['ids_equal']}, "

@@ -12,6 +12,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 import keytok_jax  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the real checkpoint against transformers
+
 
 def sentences(n=8):
     path = shared_or_skip(SHARED / "data" / "sts" / "STSBenchmark" / "sts-test.csv")

@@ -10,7 +10,7 @@ from conftest import SHARED, SMOLLM2_GGUF, shared_or_skip
 
 import keytok_jax
 from keytok_jax import spectral as sp
-from keytok_jax.embedder import Embedder, EmbedSettings, Shift
+from keytok_jax import Embedder, EmbedSettings, Shift
 
 
 def _data(n=240, d=20, seed=0, offset=5.0):

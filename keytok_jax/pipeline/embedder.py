@@ -117,12 +117,6 @@ class Embedder:
         """The compiled step for ``[rows, seq]`` batches (for measurements)."""
         return self.step.executable(rows, seq, self.stats)
 
-    # benchmarks/ (throughput.py, flops.py) read the plan and the step by these older names.
-    def _plan(self, lengths: np.ndarray) -> list[tuple[list[int], int]]:
-        return [(b.rows, b.seq) for b in self.plan(lengths)]
-
-    _executable = executable
-
     # ------------------------------------------------------------------ host loop
     def embed_tokenized(self, docs: Sequence[TokenizedDoc], in_flight: int = 2,
                         on_batch=None) -> EmbedOutput:

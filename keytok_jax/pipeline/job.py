@@ -23,7 +23,7 @@ from ..distributed import barrier, init_distributed
 from ..errors import CorpusError, SettingsError
 from ..loading import load_model
 from ..records import FLAG_REPLACED, Doc, EmbedOutput, ReadStats, TokenizedDoc
-from ..settings import EmbedSettings, build
+from ..settings import DeviceSettings, InputSettings, JobSettings
 from .correction import Shift
 from .embedder import Embedder, model_identity
 from .lockstep import shard_schedule
@@ -36,35 +36,36 @@ __all__ = ["run", "Corpus", "Progress", "ShardWrites", "Tally", "open_store", "o
 
 # ------------------------------------------------------------------ set-up
 
-def start_processes(opts: dict) -> tuple[int, int]:
+def start_processes(devices: DeviceSettings) -> tuple[int, int]:
     """(process index, process count); ``jax.distributed`` only with ``--distributed``."""
-    if not opts.get("distributed"):
+    if not devices.distributed:
         return 0, 1
-    return init_distributed(opts.get("coordinator"), opts.get("num_processes"), opts.get("process_id"))
+    return init_distributed(devices.coordinator, devices.num_processes, devices.process_id)
 
 
-def load_job_model(opts: dict, processes: int):
-    if opts.get("global_mesh") and not opts.get("mesh"):
+def load_job_model(job: JobSettings, processes: int):
+    devices = job.devices
+    if devices.global_mesh and not devices.mesh:
         raise SettingsError("--global-mesh needs --mesh (e.g. --mesh data=2,model=4)")
-    mesh = sharding.parse_mesh(opts.get("mesh"), global_mesh=bool(opts.get("global_mesh")))
+    mesh = sharding.parse_mesh(devices.mesh, global_mesh=bool(devices.global_mesh))
     # Several processes: no orbax parameter cache (its multi-process saves and restores are
     # collective over global arrays; here each process holds its own copy).
-    return load_model(opts["model"], dtype=opts["dtype"], mesh=mesh, cache=processes == 1)
+    return load_model(job.model.model, dtype=job.model.dtype, mesh=mesh, cache=processes == 1)
 
 
-def open_store(opts: dict, settings: EmbedSettings, model, shift: Shift | None,
-               source: Path) -> store.StoreWriter:
+def open_store(job: JobSettings, model, shift: Shift | None, source: Path) -> store.StoreWriter:
     """Create the store, or resume it when its recorded settings are these."""
+    settings, inp, out = job.embed, job.input, job.output
     recorded = {
-        **settings.as_dict(), "model": opts["model"], "model_identity": model_identity(model),
-        "dtype": opts["dtype"], "shift": shift.fingerprint() if shift else None,
-        "input": str(source), "format": opts["format"], "id_field": opts["id_field"],
-        "text_fields": list(opts["text_fields"]), "limit": opts["limit"],
+        **settings.as_dict(), "model": job.model.model, "model_identity": model_identity(model),
+        "dtype": job.model.dtype, "shift": shift.fingerprint() if shift else None,
+        "input": str(source), "format": inp.format, "id_field": inp.id_field,
+        "text_fields": list(inp.text_fields), "limit": inp.limit,
     }
-    dim = (settings.matryoshka_dim or model.config.output_dim) if opts["dense"] else None
+    dim = (settings.matryoshka_dim or model.config.output_dim) if out.dense else None
     return store.StoreWriter.create_or_resume(
-        opts["output"], recorded, k=settings.top_k, vocab_size=model.config.vocab_size,
-        dim=dim, shard_size=opts["shard_size"])
+        out.output, recorded, k=settings.top_k, vocab_size=model.config.vocab_size,
+        dim=dim, shard_size=out.shard_size)
 
 
 @dataclass
@@ -75,18 +76,18 @@ class Corpus:
     total: int  # documents to embed: exact for valid input, an upper bound with rejected lines
 
 
-def open_corpus(opts: dict, source: Path, process: int) -> Corpus:
-    rejects = opts.get("rejects") or (str(Path(opts["output"])) + ".rejects.jsonl")
+def open_corpus(inp: InputSettings, output, source: Path, process: int) -> Corpus:
+    rejects = inp.rejects or (str(Path(output)) + ".rejects.jsonl")
     if process != 0:
         rejects = os.devnull   # every process reads the whole corpus; process 0 writes the rejects
     stats = ReadStats()
-    reader_kw = dict(format=opts["format"], id_field=opts["id_field"],
-                     text_fields=tuple(opts["text_fields"]), on_error=opts["on_error"])
-    docs = read_corpus(source, rejects_path=rejects if opts["on_error"] == "skip" else None,
+    reader_kw = dict(format=inp.format, id_field=inp.id_field,
+                     text_fields=tuple(inp.text_fields), on_error=inp.on_error)
+    docs = read_corpus(source, rejects_path=rejects if inp.on_error == "skip" else None,
                        stats=stats, **reader_kw)
     total = count_docs(source, **reader_kw)
-    if opts["limit"] is not None:
-        total = min(total, opts["limit"])
+    if inp.limit is not None:
+        total = min(total, inp.limit)
     return Corpus(docs, stats, total)
 
 
@@ -215,12 +216,12 @@ def finalize(writer: store.StoreWriter, num_shards: int, process: int, output) -
     return manifest
 
 
-def summary(opts: dict, embedder: Embedder, manifest: dict, num_shards: int, tally: Tally,
+def summary(output, embedder: Embedder, manifest: dict, num_shards: int, tally: Tally,
             corpus: Corpus, process: int, processes: int, load_seconds: float, wall: float) -> dict:
     st = embedder.stats
     counters = manifest["counters"]  # sums of the shard records' flag counts
     return {
-        "store": str(opts["output"]), "mesh": embedder.model.load_info.get("mesh") or "single device",
+        "store": str(output), "mesh": embedder.model.load_info.get("mesh") or "single device",
         **({"process": f"{process} of {processes}"} if processes > 1 else {}),
         "rows": manifest["num_rows"], "shards": num_shards,
         "shards_reused": tally.reused, "docs_embedded": tally.embedded_docs,
@@ -236,31 +237,32 @@ def summary(opts: dict, embedder: Embedder, manifest: dict, num_shards: int, tal
     }
 
 
-def run(opts: dict) -> dict:
-    """Embed ``opts["input"]`` into the store ``opts["output"]`` (the resolved options of
-    :func:`keytok_jax.cli.embed.resolve_options`); returns the summary."""
+def run(job: JobSettings | dict) -> dict:
+    """Embed ``job.input.input`` into the store ``job.output.output``; returns the summary.
+    ``job`` may also be the flat dict of :func:`keytok_jax.cli.embed.resolve_options`."""
+    if not isinstance(job, JobSettings):
+        job = JobSettings.from_options(job)
     t_start = time.perf_counter()
-    settings = build(EmbedSettings, opts)
-    shift = Shift.load(opts["shift"]) if opts.get("shift") else None
-    process, processes = start_processes(opts)
-    model = load_job_model(opts, processes)
+    shift = Shift.load(job.model.shift) if job.model.shift else None
+    process, processes = start_processes(job.devices)
+    model = load_job_model(job, processes)
     load_seconds = time.perf_counter() - t_start
     if shift is not None:
-        shift.check_model(model, opts["shift"])
-    embedder = Embedder(model, settings, shift=shift, batch_tokens=opts["batch_tokens"],
-                        vocab_chunk=opts["vocab_chunk"])
+        shift.check_model(model, job.model.shift)
+    embedder = Embedder(model, job.embed, shift=shift, batch_tokens=job.speed.batch_tokens,
+                        vocab_chunk=job.speed.vocab_chunk)
     schedule = shard_schedule(embedder.mesh, process, processes)
-    source = Path(opts["input"]).resolve()
-    writer = open_store(opts, settings, model, shift, source)
+    source = Path(job.input.input).resolve()
+    writer = open_store(job, model, shift, source)
     done = writer.done_shards()
-    corpus = open_corpus(opts, source, process)
-    shards = Shards(corpus.docs, writer.shard_size, opts["limit"])
+    corpus = open_corpus(job.input, job.output.output, source, process)
+    shards = Shards(corpus.docs, writer.shard_size, job.input.limit)
     progress = Progress(schedule.owned_rows(corpus.total, writer.shard_size),
-                        not opts.get("no_progress"), process, processes)
+                        not job.speed.no_progress, process, processes)
     tally = embed_shards(embedder, schedule.tasks(shards, done),
-                         ShardWrites(writer, schedule.writes, bool(opts["dense"])), progress)
+                         ShardWrites(writer, schedule.writes, bool(job.output.dense)), progress)
     if shards.count == 0:
         raise CorpusError(f"{source}: no documents to embed")
-    manifest = finalize(writer, shards.count, process, opts["output"])
-    return summary(opts, embedder, manifest, shards.count, tally, corpus, process, processes,
-                   load_seconds, time.perf_counter() - t_start)
+    manifest = finalize(writer, shards.count, process, job.output.output)
+    return summary(job.output.output, embedder, manifest, shards.count, tally, corpus, process,
+                   processes, load_seconds, time.perf_counter() - t_start)

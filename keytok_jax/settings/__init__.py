@@ -6,7 +6,7 @@ defaults. Commands generate their flags from these classes (keytok_jax.cli.flags
 """
 from .core import build, defaults, read_preset, resolve, setting
 from .embed import (INSTRUCTION_FORMATS, JOB_GROUPS, JOB_PRESET, PROMPTS, DeviceSettings,
-                    EmbedSettings, InputSettings, ModelSettings, OutputSettings, SpeedSettings,
+                    EmbedSettings, InputSettings, JobSettings, ModelSettings, OutputSettings, SpeedSettings,
                     Template)
 
 __all__ = ["build", "defaults", "read_preset", "resolve", "setting", "INSTRUCTION_FORMATS",

@@ -10,10 +10,11 @@ from ..loading import DEFAULT_MODEL
 from ..model import ATTENTION_MODES
 from ..pooling import POOLING_METHODS
 from ..projection import WEIGHTINGS
-from .core import setting
+from .core import build, setting
 
 __all__ = ["PROMPTS", "INSTRUCTION_FORMATS", "Template", "EmbedSettings", "ModelSettings",
-           "InputSettings", "OutputSettings", "SpeedSettings", "DeviceSettings", "JOB_PRESET",
+           "InputSettings", "OutputSettings", "SpeedSettings", "DeviceSettings", "JobSettings",
+           "JOB_PRESET",
            "JOB_GROUPS", "INPUT_FORMATS"]
 
 # Prompt templates: `{text}` marks the text. Tokens of the prompt are pooled with the text.
@@ -175,12 +176,33 @@ class DeviceSettings:
     process_id: int | None = setting(None, "this process's index, 0 .. num-processes - 1")
 
 
+@dataclass(frozen=True)
+class JobSettings:
+    """The corpus job's settings, one record per group: what :func:`keytok_jax.pipeline.job.run`
+    takes, each stage reading only its own group."""
+    input: InputSettings
+    output: OutputSettings
+    model: ModelSettings
+    embed: EmbedSettings
+    speed: SpeedSettings
+    devices: DeviceSettings
+
+    @classmethod
+    def from_options(cls, opts) -> "JobSettings":
+        """The records from a flat dict of options (a resolved preset + flags)."""
+        return cls(**{name: build(kind, opts) for name, kind in _GROUP_TYPES.items()})
+
+
 # The corpus job's built-in preset (configs/smollm2.yaml holds the same, checked by a test):
 # SmolLM2 with PromptEOL and last-token pooling, whose last position's next-token logits are the
 # text's one-word summary, so its top LM-head tokens are key words without training or shift.
 JOB_PRESET = {"model": DEFAULT_MODEL, "pooling": "last", "prompt": "prompteol"}
 
 # The corpus job's flag groups, in --help order: (title, settings classes).
+# JobSettings field → its settings class.
+_GROUP_TYPES = {"input": InputSettings, "output": OutputSettings, "model": ModelSettings,
+                "embed": EmbedSettings, "speed": SpeedSettings, "devices": DeviceSettings}
+
 JOB_GROUPS = (
     ("input and output", (InputSettings, OutputSettings)),
     ("model and embedding", (ModelSettings, EmbedSettings)),
