@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import SHARED, shared_or_skip
-from keytok_jax.errors import SettingsError
-from keytok_jax.errors import CorpusError
+from keytok_jax.errors import CorpusError, SettingsError
 from keytok_jax.train import data
+from keytok_jax.train.checkpoint import read_log
 from keytok_jax.train.objectives import (Adapter, combine, frozen_part, info_nce, init_trainable,
                                          merge_lora)
 
@@ -293,3 +293,14 @@ def test_read_real_stsb():
 
     pairs = read_sts_pairs(shared_or_skip(SHARED / "data" / "sts" / "STSBenchmark" / "sts-test.csv"))
     assert len(pairs) == 1379 and all(0 <= s <= 5 for _, _, s in pairs)
+
+
+def test_log_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
+    """Steps logged by a run killed before any checkpoint are dropped on the rerun (which starts at
+    step 1 again), so no step is logged twice; with a checkpoint, the steps after it are dropped."""
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)))
+    assert read_log(log, None) == [] and log.read_text() == ""
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)))
+    assert [h["step"] for h in read_log(log, 2)] == [1, 2]
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]

@@ -76,10 +76,10 @@ class Checkpoints:
 
 
 def read_log(log_path: Path, resumed_at: int | None) -> list[dict]:
-    """The step records of the log; when resuming, only those up to the checkpoint ``resumed_at``
-    (the log is rewritten to hold them, so each step is logged once)."""
+    """The step records of the log up to the checkpoint ``resumed_at`` (None: no checkpoint, so
+    none of them: a run killed before its first checkpoint starts over). The log is rewritten to
+    hold them, so each step is logged once."""
     history = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
-    if resumed_at is not None:
-        history = [h for h in history if h["step"] <= resumed_at]
+    history = [h for h in history if h["step"] <= (resumed_at or 0)]
     log_path.write_text("".join(json.dumps(h) + "\n" for h in history))
     return history
