@@ -29,3 +29,11 @@ class DatasetError(KeytokError, ValueError):
 
 class SearchIndexError(KeytokError):
     """A saved search index that cannot be used (missing, damaged or of another format)."""
+
+
+class PathError(SettingsError):
+    """A file or directory named by a setting (``--input``, ``--output``, ``--rejects``, ...)
+    that cannot be read or written as asked; the message starts with the flag and the path."""
+
+
+__all__ += ["PathError"]
