@@ -285,6 +285,14 @@ def test_cli_from_texts_and_from_store(tiny_folder, tmp_path):
     for side in ("before", "after"):
         for key in ("hit@5", "local_alignment", "global_alignment", "valid", "empty"):
             assert al[side][key] == pytest.approx(rep[side][key], abs=1e-9), (side, key)
+    # the store's batches end at its shards (5 rows), the texts' at --batch-rows 7: the same texts
+    # all the same, and with the same model and settings the variation is zero
+    _run(["variation", "--backbone-store", str(store), "--texts", str(texts), "--embedder-model",
+          str(tiny_folder), "--embedder-pooling", "weighted_mean", "--embedder-prompt", "none",
+          "--embedder-max-length", "64", "--batch-rows", "7", "--output", str(tmp_path / "var"),
+          "--no-plots"])
+    var = json.loads((tmp_path / "var" / "variation.json").read_text())
+    assert abs(var["lambda"]) < 1e-4
     _run(["components", "--store", str(store), "--output", str(tmp_path / "comp-store"), "--no-plots",
           "--batch-rows", "4", "--precision", "float64"])
     comp_store = sp.Components.load(tmp_path / "comp-store" / "components-uncentered.npz")

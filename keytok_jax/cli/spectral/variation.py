@@ -45,12 +45,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _moments(src: Source, precision: str) -> tuple[StreamingMoments, bytes]:
-    """The streaming moments of ``src`` and a digest of the ids it gave, batch by batch."""
+    """The streaming moments of ``src`` and a digest of the ids it gave, id by id (a store cuts
+    its batches at shard edges, texts embedded on the fly at ``batch_rows``: the digest must not
+    depend on where batches end)."""
     acc = StreamingMoments(src.dim, precision)
     ids = hashlib.sha256()
     for batch in src.batches():
         acc.update(batch.dense)
-        ids.update(json.dumps(batch.ids).encode())
+        for doc_id in batch.ids:
+            ids.update(json.dumps(doc_id).encode() + b"\n")
     return acc, ids.digest()
 
 
