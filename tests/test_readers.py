@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED, shared_or_skip
-from keytok_jax.errors import CorpusError
+from keytok_jax.errors import CorpusError, SettingsError
 from keytok_jax.pipeline.read import count_docs, detect_format, read_corpus
 from keytok_jax.records import FLAG_EMPTY, FLAG_REPLACED, Doc, ReadStats
 
@@ -249,7 +249,7 @@ def test_invalid_utf8_replaced_and_flagged(tmp_path):
     lines = [
         b'{"_id": "a", "text": "caf\xe9 ok"}',  # latin-1 byte in the text
         b'{"_id": "b", "text": "real \xef\xbf\xbd replacement char"}',  # valid U+FFFD: not flagged
-        b'{"_id": "c\xff", "text": "clean text"}',  # bad byte in the id only: text not flagged
+        b'{"_id": "c", "note": "\xff", "text": "clean text"}',  # bad byte in an ignored field only
         b'{"_id": "d", "text": "lone \\ud800 surrogate"}',  # escape -> lone surrogate
         b'{"_id": "e", "text": "trunc \xe2\x82"}',
     ]
@@ -259,7 +259,7 @@ def test_invalid_utf8_replaced_and_flagged(tmp_path):
     assert [(d.id, d.text, d.flags) for d in docs] == [
         ("a", "caf\ufffd ok", FLAG_REPLACED),
         ("b", "real \ufffd replacement char", 0),
-        ("c\ufffd", "clean text", 0),
+        ("c", "clean text", 0),
         ("d", "lone \ufffd surrogate", FLAG_REPLACED),
         ("e", "trunc \ufffd", FLAG_REPLACED),
     ]
@@ -269,9 +269,9 @@ def test_invalid_utf8_replaced_and_flagged(tmp_path):
     docs = read_all(t)
     assert [(d.text, d.flags) for d in docs] == [
         ("ok", 0), ("bad \ufffd( x", FLAG_REPLACED), ("\ufffd", FLAG_REPLACED)]
-    v = write_bytes(tmp_path / "c.tsv", b"i\xff\tfine\nj\tno\xfe\n")
+    v = write_bytes(tmp_path / "c.tsv", b"i\tfine\xff\nj\tno\xfe\n")
     assert [(d.id, d.text, d.flags) for d in read_all(v)] == [
-        ("i\ufffd", "fine", 0), ("j", "no\ufffd", FLAG_REPLACED)]
+        ("i", "fine\ufffd", FLAG_REPLACED), ("j", "no\ufffd", FLAG_REPLACED)]
 
 
 def test_empty_and_whitespace_texts_kept_and_flagged(tmp_path):
@@ -432,3 +432,137 @@ def test_streaming_jsonl_keeps_only_the_duplicate_index(tmp_path):
     assert got == n == st.docs
     assert peak < 4_000_000 + 200 * n, peak
     assert peak < size / 8, (peak, size)
+
+
+# ------------------------------------------------------------------ ids with invalid bytes
+
+
+def test_id_with_invalid_bytes_refused_naming_the_line(tmp_path):
+    lines = [
+        b'{"_id": "ok", "text": "fine"}',
+        b'{"_id": "real \xef\xbf\xbd char", "text": "a valid U+FFFD in an id is kept"}',
+        b'{"_id": "esc \\udc80", "text": "a surrogate escape in an id is kept as is"}',
+        b'{"_id": "bad\xff", "text": "clean text"}',
+        b'{"_id": "after", "text": "x"}',
+    ]
+    p = write_bytes(tmp_path / "c.jsonl", b"\n".join(lines) + b"\n")
+    with pytest.raises(CorpusError) as e:
+        read_all(p)
+    assert str(e.value) == (f"{p}:4: id 'bad\ufffd' holds invalid UTF-8 bytes (shown as U+FFFD); "
+                            "ids are never altered, so fix the input's encoding")
+    rej = tmp_path / "rej.jsonl"
+    st = ReadStats()
+    docs = read_all(p, on_error="skip", rejects_path=rej, stats=st)
+    assert [d.id for d in docs] == ["ok", "real \ufffd char", "esc \udc80", "after"]
+    assert [d.flags for d in docs] == [0, 0, 0, 0]
+    assert st.rejected == 1 and st.docs == 4
+    (r,) = rejects(rej)
+    assert r["source"] == f"{p}:4" and "invalid UTF-8 bytes" in r["error"]
+    assert r["line"] == '{"_id": "bad\ufffd", "text": "clean text"}'
+
+    # an integer id cannot hold bad bytes; bad bytes elsewhere on its line do not refuse it
+    q = write_bytes(tmp_path / "i.jsonl", b'{"_id": 5, "text": "t\xff"}\n')
+    assert [(d.id, d.text, d.flags) for d in read_all(q)] == [("5", "t\ufffd", FLAG_REPLACED)]
+
+    t = write_bytes(tmp_path / "c.tsv", b"a\tA\xff\nb\xfe\tB\n")
+    with pytest.raises(CorpusError, match=r"c\.tsv:2: id 'b\ufffd' holds invalid UTF-8 bytes"):
+        read_all(t)
+    rej2 = tmp_path / "rej2.jsonl"
+    assert [(d.id, d.flags) for d in read_all(t, on_error="skip", rejects_path=rej2)] == [
+        ("a", FLAG_REPLACED)]
+    assert [x["source"] for x in rejects(rej2)] == [f"{t}:2"]
+
+
+def test_parquet_id_with_invalid_bytes_refused(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    p = tmp_path / "c.parquet"
+    ids = pa.array([b"a", b"b\xff"], pa.binary()).view(pa.string())  # a string column, bad bytes
+    pq.write_table(pa.table({"_id": ids, "text": ["A", "B"]}), p)
+    with pytest.raises(CorpusError, match=r"c\.parquet:2 \(row 2\): id 'b\ufffd' holds invalid UTF-8"):
+        read_all(p)
+    rej = tmp_path / "rej.jsonl"
+    assert [d.id for d in read_all(p, on_error="skip", rejects_path=rej)] == ["a"]
+    assert [x["source"] for x in rejects(rej)] == [f"{p}:2"]
+
+
+# ------------------------------------------------------------------ files that are not UTF-8
+
+
+UTF16_CASES = [
+    ("utf-16", "UTF-16 byte order mark FF FE", "iconv -f UTF-16 -t UTF-8"),       # BOM, little endian
+    ("utf-16-be-bom", "UTF-16 byte order mark FE FF", "iconv -f UTF-16 -t UTF-8"),
+    ("utf-16-le", "looks like UTF-16 (UTF-16LE, no byte order mark)", "iconv -f UTF-16LE -t UTF-8"),
+    ("utf-16-be", "looks like UTF-16 (UTF-16BE, no byte order mark)", "iconv -f UTF-16BE -t UTF-8"),
+    ("utf-32", "UTF-32 byte order mark FF FE 00 00", "iconv -f UTF-32 -t UTF-8"),
+]
+
+
+def _encode(text: str, encoding: str) -> bytes:
+    if encoding == "utf-16-be-bom":
+        return b"\xfe\xff" + text.encode("utf-16-be")
+    return text.encode(encoding)
+
+
+@pytest.mark.parametrize("encoding,what,hint", UTF16_CASES)
+@pytest.mark.parametrize("name", ["c.jsonl", "c.tsv", "c.txt", "c.jsonl.gz"])
+def test_utf16_file_gets_an_encoding_hint(tmp_path, encoding, what, hint, name):
+    text = "".join(json.dumps({"_id": f"d{i}", "text": f"text {i}"}) + "\n" for i in range(3))
+    if ".tsv" in name or ".txt" in name:
+        text = "".join(f"d{i}\ttext {i}\n" for i in range(3))
+    data = _encode(text, encoding)
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    for kw in ({}, {"on_error": "skip", "rejects_path": tmp_path / "rej.jsonl"}):
+        with pytest.raises(CorpusError) as e:
+            read_all(p, **kw)
+        msg = str(e.value)
+        assert msg.startswith(f"{p}:1: ") and what in msg, msg
+        assert f"convert it to UTF-8, e.g. {hint} {p} > {p}.utf8" in msg
+    assert not (tmp_path / "rej.jsonl").exists()
+
+
+def test_no_encoding_hint_for_utf8_or_latin1(tmp_path):
+    # Latin-1 is not guessed: its bytes are replaced and flagged as before; one NUL is not UTF-16.
+    p = write_bytes(tmp_path / "c.txt", "caf\u00e9 cr\u00e8me\n".encode("latin-1") + b"nul \x00 here\n")
+    assert [(d.text, d.flags) for d in read_all(p)] == [
+        ("caf\ufffd cr\ufffdme", FLAG_REPLACED), ("nul \x00 here", 0)]
+
+
+# ------------------------------------------------------------------ standard input
+
+
+def _stdin(monkeypatch, data: bytes):
+    import io
+    import sys
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    return sys.stdin
+
+
+@pytest.mark.parametrize("fmt,data,expected", [
+    ("auto", b'{"_id": "a", "text": "A"}\n\n{"_id": "b", "title": "T", "text": "B"}\n',
+     [("a", "A", "<stdin>:1"), ("b", "T B", "<stdin>:3")]),
+    ("jsonl", b'{"_id": "a", "text": "A"}', [("a", "A", "<stdin>:1")]),
+    ("tsv", b"id\ttext\nx\tX\n", [("x", "X", "<stdin>:2")]),
+    ("txt", b"one\ntwo\n", [("1", "one", "<stdin>:1"), ("2", "two", "<stdin>:2")]),
+])
+def test_stdin_read_with_format(monkeypatch, fmt, data, expected):
+    stdin = _stdin(monkeypatch, data)
+    assert count_docs("-", format=fmt) is None  # standard input cannot be read twice
+    docs = read_all("-", format=fmt)
+    assert [(d.id, d.text, d.source) for d in docs] == expected
+    assert not stdin.buffer.closed  # never closed by the reader
+
+
+def test_stdin_errors_name_stdin(monkeypatch, tmp_path):
+    _stdin(monkeypatch, b'{"_id": "a", "text": "A"}\n{"_id": "a", "text": "again"}\n')
+    with pytest.raises(CorpusError, match="^<stdin>:2: duplicate id 'a', first seen at <stdin>:1"):
+        read_all("-")
+    _stdin(monkeypatch, "x\ty\n".encode("utf-16"))
+    with pytest.raises(CorpusError, match=r"^<stdin>:1: .*UTF-16.*iconv -f UTF-16 -t UTF-8 FILE > FILE\.utf8"):
+        read_all("-", format="tsv")
+    for fmt in ("beir", "parquet"):
+        with pytest.raises(SettingsError, match=f"format '{fmt}' needs a path"):
+            read_corpus("-", format=fmt)
+        with pytest.raises(SettingsError, match=f"format '{fmt}' needs a path"):
+            count_docs("-", format=fmt)

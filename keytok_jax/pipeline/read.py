@@ -45,17 +45,30 @@ Formats (``format="auto"`` picks from the path: a directory is ``beir``; the suf
 In ``jsonl`` and ``tsv``, blank (whitespace-only) lines are skipped silently. A UTF-8 byte order
 mark at the start of the file is dropped.
 
+Standard input: the path ``-`` reads ``sys.stdin.buffer`` (never closed here) as ``jsonl`` (with
+``format="auto"``), ``tsv`` or ``txt``; ``beir`` and ``parquet`` need a path (:class:`SettingsError`).
+Sources name it ``<stdin>:LINE``. :func:`count_docs` returns None for it (it cannot be read twice).
+
 Decoding and flags: each line is read as bytes and decoded on its own with
 ``errors="replace"``, so one bad byte costs one U+FFFD in one line and nothing else.
 ``Doc.flags`` gets :data:`keytok_jax.records.FLAG_REPLACED` when the line held invalid UTF-8 and the
-document's text contains a U+FFFD (invalid bytes only in the id or in an ignored field do not
-flag the text), and when a jsonl text held lone surrogates from ``\\ud800``-style escapes, which
-are replaced by U+FFFD (a tokenizer cannot encode them). ``FLAG_EMPTY`` is set when the text is
-empty or whitespace only; such documents are kept as rows. ``Doc.source`` is ``"FILE:LINE"``
-(``FILE`` as the path was given, ``LINE`` 1-based).
+document's text contains a U+FFFD (invalid bytes only in an ignored field do not flag the text),
+and when a jsonl text held lone surrogates from ``\\ud800``-style escapes, which are replaced by
+U+FFFD (a tokenizer cannot encode them). Invalid bytes in an *id* are bad input (below): an id is a
+key, and a replaced one would silently differ from the input's. An id's lone surrogate escapes are
+kept as they are (the store writes them as ``\\u`` escapes).
+
+Encoding: a file that is plainly not UTF-8 (its first line starts with a UTF-16 or UTF-32 byte
+order mark, or a quarter or more of its bytes are NUL, as in UTF-16 without one) raises
+:class:`CorpusError` ``FILE:1: ... looks like UTF-16; convert it to UTF-8, e.g. iconv -f UTF-16LE
+-t UTF-8 FILE > FILE.utf8`` whatever ``on_error`` is (every line would be garbage). Other
+encodings (Latin-1, cp1252) are not guessed: their bytes are replaced and flagged as above.
+
+``FLAG_EMPTY`` is set when the text is empty or whitespace only; such documents are kept as rows.
+``Doc.source`` is ``"FILE:LINE"`` (``FILE`` as the path was given, ``LINE`` 1-based).
 
 Bad input: a malformed JSON line, a line that is not a JSON object, a missing id field, an id that
-is null, empty or neither a string nor an integer, a record with none of the ``text_fields``
+is null, empty, neither a string nor an integer, or holds invalid UTF-8 bytes, a record with none of the ``text_fields``
 (a present but empty text is not an error: it is an empty document), a text value that is not a
 string (nor null), a TSV line with the wrong number of columns or an empty id. With
 ``on_error="raise"`` (the default) it raises :class:`CorpusError` whose message starts with
@@ -88,19 +101,25 @@ from pathlib import Path
 
 from ..errors import CorpusError, SettingsError
 from ..records import FLAG_EMPTY, FLAG_REPLACED, Doc, ReadStats
-from .read_formats import (BOM, FORMATS, decode, detect_format, open_binary, parquet_columns,
-                           parquet_file, records, tsv_header)
+from .read_formats import (BOM, FORMATS, STDIN, decode, detect_format, name_of, open_binary,
+                           parquet_columns, parquet_file, records, tsv_header)
 
-__all__ = ["Doc", "ReadStats", "CorpusError", "FORMATS", "read_corpus", "count_docs",
+__all__ = ["Doc", "ReadStats", "CorpusError", "FORMATS", "STDIN", "read_corpus", "count_docs",
            "detect_format"]
 
 REJECT_LINE_CHARS = 1000
 
 
-def _resolve(path, format: str) -> tuple[str, Path]:
-    """(format, file to read) with ``beir`` turned into ``jsonl`` on the directory's corpus file."""
+def _resolve(path, format: str) -> tuple[str, Path | str]:
+    """(format, file to read) with ``beir`` turned into ``jsonl`` on the directory's corpus file;
+    the file is :data:`STDIN` for ``-``."""
     if format not in FORMATS:
         raise SettingsError(f"format must be one of {FORMATS}, got {format!r}")
+    if str(path) == STDIN:
+        if format in ("beir", "parquet"):
+            raise SettingsError(f"format {format!r} needs a path: standard input (-) can be read "
+                                "as jsonl, tsv or txt")
+        return ("jsonl" if format == "auto" else format), STDIN
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"corpus not found: {path}")
@@ -198,7 +217,7 @@ def _doc_flags(text: str, nrep: int, stats: ReadStats) -> int:
 
 
 def _read(fmt, file, id_field, text_fields, on_error, rejects_path, stats) -> Iterator[Doc]:
-    name = str(file)
+    name = name_of(file)
     parsed = records(fmt, file, id_field, text_fields, stats)
     unique = None if fmt == "txt" else _UniqueIds(name)   # txt ids are line numbers
     rejects = _Rejects(rejects_path)
@@ -233,15 +252,18 @@ def _count_lines(file: Path) -> int:
 
 
 def count_docs(path: str | os.PathLike, *, format: str = "auto", id_field: str = "_id",
-               text_fields: Sequence[str] = ("title", "text"), **_read_kwargs) -> int:
+               text_fields: Sequence[str] = ("title", "text"), **_read_kwargs) -> int | None:
     """Number of documents :func:`read_corpus` would yield, without parsing: exact for valid
-    input, an upper bound when lines would be rejected (they are counted). Accepts
-    read_corpus' keyword arguments (``on_error``, ``rejects_path``, ``stats`` are ignored)."""
+    input, an upper bound when lines would be rejected (they are counted); None for standard
+    input (``-``), which cannot be read twice. Accepts read_corpus' keyword arguments
+    (``on_error``, ``rejects_path``, ``stats`` are ignored)."""
     unknown = set(_read_kwargs) - {"on_error", "rejects_path", "stats"}
     if unknown:
         raise TypeError(f"count_docs got unexpected keyword arguments {sorted(unknown)}")
     fmt, file = _resolve(path, format)
     text_fields = _text_fields(text_fields)
+    if file == STDIN:
+        return None
     if fmt == "parquet":
         return parquet_file(file).metadata.num_rows
     if fmt == "txt":

@@ -12,20 +12,25 @@ import io
 import json
 import os
 import re
+import sys
+from contextlib import nullcontext
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..errors import CorpusError
 from ..records import ReadStats
 
-__all__ = ["FORMATS", "BOM", "Bad", "detect_format", "open_binary", "decode", "tsv_header",
-           "parquet_file", "parquet_columns", "records"]
+__all__ = ["FORMATS", "BOM", "STDIN", "STDIN_NAME", "Bad", "detect_format", "open_binary",
+           "decode", "encoding_problem", "check_encoding", "tsv_header", "parquet_file",
+           "parquet_columns", "records"]
 
 FORMATS = ("auto", "jsonl", "tsv", "txt", "parquet", "beir")
 PARQUET_BATCH_ROWS = 1024
 
 BOM = b"\xef\xbb\xbf"
+STDIN = "-"  # the path that means standard input
+STDIN_NAME = "<stdin>"  # how sources and messages name it
 _FFFD_BYTES = "\ufffd".encode("utf-8")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".tsv": "tsv",
@@ -57,24 +62,67 @@ def detect_format(path: str | os.PathLike) -> str:
     return fmt
 
 
-def open_binary(path: Path) -> IO[bytes]:
+def open_binary(path: Path | str):
+    """The file as buffered bytes; ``STDIN`` is standard input (left open when done)."""
+    if str(path) == STDIN:
+        return nullcontext(sys.stdin.buffer)
     if path.name.lower().endswith(".gz"):
         return io.BufferedReader(gzip.open(path, "rb"), buffer_size=1 << 20)
     return open(path, "rb", buffering=1 << 20)
 
 
-def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw bytes less ``\\n`` / ``\\r\\n``); splits on ``b"\\n"`` only."""
+def _lines(path: Path | str, stats: ReadStats) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw bytes less ``\\n`` / ``\\r\\n``); splits on ``b"\\n"`` only.
+    The first line is checked by :func:`check_encoding` (a UTF-16 file is refused)."""
     with open_binary(path) as f:
         lineno = 0
         for raw in f:
             lineno += 1
             stats.lines += 1
+            if lineno == 1:
+                check_encoding(raw, name_of(path))
             if raw.endswith(b"\n"):
                 raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
             if lineno == 1 and raw.startswith(BOM):
                 raw = raw[3:]
             yield lineno, raw
+
+
+def name_of(path: Path | str) -> str:
+    """``FILE`` of the ``FILE:LINE`` sources: the path as given, ``<stdin>`` for ``-``."""
+    return STDIN_NAME if str(path) == STDIN else str(path)
+
+
+def encoding_problem(first_line: bytes, name: str = "FILE") -> str | None:
+    """What is wrong with the file ``name`` whose first line (raw bytes, line ending included) is
+    ``first_line``, when it is plainly not UTF-8: a UTF-16 or UTF-32 byte order mark, or NUL bytes
+    making up a quarter or more of the line (UTF-16 without a byte order mark: ASCII text has a NUL
+    beside every character). None otherwise: UTF-8 text has no NUL bytes, and other 8-bit
+    encodings are decoded with replacement and flagged, line by line."""
+    target = "FILE.utf8" if name == STDIN_NAME else f"{name}.utf8"
+    source = "FILE" if name == STDIN_NAME else name
+    boms = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+            (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+    for bom, enc in boms:
+        if first_line.startswith(bom):
+            return (f"starts with the {enc} byte order mark {bom.hex(' ').upper()}: the file looks "
+                    f"like {enc}; convert it to UTF-8, e.g. iconv -f {enc} -t UTF-8 {source} > {target}")
+    body = first_line.rstrip(b"\r\n\x00")
+    nuls = body.count(b"\x00")
+    if nuls >= 2 and nuls * 4 >= len(body):
+        # ASCII in UTF-16LE puts the NUL after each character (odd offsets), UTF-16BE before it.
+        enc = "UTF-16LE" if body[1::2].count(b"\x00") * 2 >= nuls else "UTF-16BE"
+        return (f"{nuls} NUL bytes in the first line: the file looks like UTF-16 ({enc}, no byte "
+                f"order mark); convert it to UTF-8, e.g. iconv -f {enc} -t UTF-8 {source} > {target}")
+    return None
+
+
+def check_encoding(first_line: bytes, name: str) -> None:
+    """Raise :class:`CorpusError` ``NAME:1: ...`` when :func:`encoding_problem` finds one (every
+    line of such a file would be garbage, so it is refused whatever ``on_error`` is)."""
+    problem = encoding_problem(first_line, name)
+    if problem is not None:
+        raise CorpusError(f"{name}:1: {problem}")
 
 
 def decode(raw: bytes) -> tuple[str, int]:
@@ -152,6 +200,8 @@ def _jsonl_records(path: Path, id_field: str, text_fields: tuple[str, ...], stat
         line, nrep = decode(raw)
         try:
             doc_id, values = _json_record(line, id_field, text_fields)
+            if nrep:
+                _check_id_bytes(doc_id, _escaped_json_id(raw, id_field))
         except Bad as e:
             yield lineno, None, None, nrep, str(e), raw
             continue
@@ -160,6 +210,28 @@ def _jsonl_records(path: Path, id_field: str, text_fields: tuple[str, ...], stat
             text, n = _SURROGATES.subn("\ufffd", text)
             nrep += n
         yield lineno, doc_id, text, nrep, None, raw
+
+
+def _escaped_json_id(raw: bytes, id_field: str) -> str:
+    """The id of a JSON line (known to parse) decoded with ``surrogateescape``: each invalid
+    byte becomes a lone surrogate, where :func:`decode` put U+FFFD."""
+    value = json.loads(raw.decode("utf-8", errors="surrogateescape"))[id_field]
+    return value if isinstance(value, str) else str(value)
+
+
+def _check_id_bytes(doc_id: str, escaped: str) -> None:
+    """Refuse an id that held invalid UTF-8 bytes: ``doc_id`` (decoded with replacement) and
+    ``escaped`` (the same bytes decoded with ``surrogateescape``) differ exactly then."""
+    if doc_id != escaped:
+        raise _invalid_id(doc_id)
+
+
+def _invalid_id(doc_id: str) -> Bad:
+    """Texts get U+FFFD and a flag; an id is a key documents are looked up by, and a replaced one
+    would match neither the input's bytes nor, reliably, another id: it is never changed silently."""
+    shown = doc_id if len(doc_id) <= 200 else doc_id[:200] + "..."
+    return Bad(f"id {shown!r} holds invalid UTF-8 bytes (shown as U+FFFD); ids are never "
+               "altered, so fix the input's encoding")
 
 
 def tsv_header(cols: list[str], id_field: str, text_fields: tuple[str, ...], where: str):
@@ -197,6 +269,12 @@ def _tsv_records(path: Path, id_field: str, text_fields: tuple[str, ...], stats:
         if cols[0] == "":
             yield lineno, None, None, nrep, "empty id", raw
             continue
+        if nrep:
+            try:  # a tab is one byte in UTF-8, so the raw id is the bytes before the first one
+                _check_id_bytes(cols[0], raw.split(b"\t", 1)[0].decode("utf-8", "surrogateescape"))
+            except Bad as e:
+                yield lineno, None, None, nrep, str(e), raw
+                continue
         text = cols[1] if ncols == 2 else _join_texts([cols[i] for i in text_cols])
         yield lineno, cols[0], text, nrep, None, raw
 
@@ -285,6 +363,8 @@ def _parquet_records(path: Path, id_field: str, text_fields: tuple[str, ...], st
             nrep = (id_counts[i] if id_counts else 0) + sum(c[i] for _, c in cols if c)
             try:
                 doc_id = _check_id(ids[i], f"column {id_field!r}")
+                if id_counts and id_counts[i]:  # U+FFFD put for invalid bytes in the id
+                    raise _invalid_id(doc_id)
             except Bad as e:
                 record = {id_field: ids[i], **{f: v[i] for f, (v, _) in zip(texts, cols)}}
                 yield row, None, None, nrep, str(e), record
