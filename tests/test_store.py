@@ -462,5 +462,227 @@ def test_not_a_store(tmp_path):
         S.open(tmp_path)
 
 
+# ----------------------------------------------------------------------------- input identity
+
+def texts_of(shard: int, n: int) -> list[str]:
+    return [f"text {shard}-{j}" for j in range(n)]
+
+
+def fingerprint(ids, texts, flags=None):
+    return S.input_fingerprint(ids, texts, flags if flags is not None else [0] * len(ids))
+
+
+def write_with_input(writer, shard, n):
+    d = shard_data(shard, n)
+    fp = fingerprint(d["ids"], texts_of(shard, n))
+    return writer.write_shard(shard, d["ids"], d["token_ids"], d["token_weights"], d["lengths"],
+                              d["flags"], d["dense"], input=fp)
+
+
+def test_input_fingerprint_is_recorded_and_compared(tmp_path):
+    w = create(tmp_path / "s")
+    rec = write_with_input(w, 0, SHARD)
+    ids, texts = shard_data(0, SHARD)["ids"], texts_of(0, SHARD)
+    assert rec["input_sha256"] == fingerprint(ids, texts)["input_sha256"]
+    assert len(rec["input_rows"]) == 8 * SHARD
+    saved = json.loads((tmp_path / "s" / "shards" / "shard-000000.json").read_text())
+    assert saved["input_rows"] == rec["input_rows"]
+    assert w.reuse_problems(0, ids, fingerprint(ids, texts)) == []
+
+    def first_change(new_ids, new_texts, flags=None):
+        (problem,) = w.reuse_problems(0, new_ids, fingerprint(new_ids, new_texts, flags))
+        assert problem.kind == "changed" and problem.shard == 0
+        return problem
+
+    p = first_change(ids[:3] + ["other"] + ids[4:], texts)
+    assert p.row == 3 and "row 3" in p.text and "'other'" in p.text and repr(ids[3]) in p.text
+    p = first_change(ids, texts[:5] + ["edited"] + texts[6:])
+    assert p.row == 5 and "text" in p.text and repr(ids[5]) in p.text
+    p = first_change(ids, texts, [0] * 6 + [S.FLAG_REPLACED, 0])
+    assert p.row == 6
+    p = first_change(ids[:4], texts[:4])
+    assert p.row == 4 and "ends the shard after 4 rows" in p.text
+    w2 = create(tmp_path / "short")
+    write_with_input(w2, 0, 3)
+    d = shard_data(0, 3)
+    (p,) = w2.reuse_problems(0, d["ids"] + ["more"], fingerprint(d["ids"] + ["more"],
+                                                                 texts_of(0, 3) + ["x"]))
+    assert p.row == 3 and "'more'" in p.text and "past the 3 rows" in p.text
+
+
+def test_record_without_fingerprint_is_unverifiable(tmp_path):
+    w = create(tmp_path / "s")
+    write(w, 0, SHARD)  # no input= (as stores written before fingerprints)
+    d = shard_data(0, SHARD)
+    (p,) = w.reuse_problems(0, d["ids"], fingerprint(d["ids"], texts_of(0, SHARD)))
+    assert p.kind == "unverifiable" and "no fingerprint" in p.text
+
+
+def test_reuse_checks_the_files_against_the_record(tmp_path):
+    path = tmp_path / "s"
+    w = create(path)
+    for s in range(3):
+        write_with_input(w, s, SHARD)
+    ids = {s: shard_data(s, SHARD)["ids"] for s in range(3)}
+    fps = {s: fingerprint(ids[s], texts_of(s, SHARD)) for s in range(3)}
+    (path / "token_ids" / "1.0").write_bytes(b"not blosc" * 8)            # unreadable
+    (path / "lengths" / "2").write_bytes((path / "lengths" / "0").read_bytes())  # other rows
+    assert w.reuse_problems(0, ids[0], fps[0]) == []
+    (p,) = w.reuse_problems(1, ids[1], fps[1])
+    assert p.kind == "damaged" and "token_ids" in p.text and "token_ids/1.0" in p.text
+    assert "unreadable" in p.text
+    (p,) = w.reuse_problems(2, ids[2], fps[2])
+    assert "lengths" in p.text and "checksum" in p.text
+    (path / "dense" / "0.0").unlink()
+    (p,) = w.reuse_problems(0, ids[0], fps[0])
+    assert "dense" in p.text and "missing" in p.text
+
+
+def test_verify_reports_every_problem_as_store_errors(tmp_path, clean_store):
+    import shutil
+
+    path = tmp_path / "s"
+    shutil.copytree(clean_store, path)
+    assert S.open(path).problems() == []
+    (path / "token_ids" / "1.0").write_bytes(b"\x00garbage" * 5)           # unreadable chunk
+    (path / "lengths" / "2").write_bytes((path / "lengths" / "0").read_bytes())  # wrong rows
+    (path / "dense" / "3.0").unlink()                                     # missing chunk
+    (path / "ids" / "shard-000004.jsonl").unlink()                        # missing ids file
+    (path / "shards" / "shard-000005.json").write_text("{torn")            # unreadable record
+    st = S.open(path)
+    with pytest.raises(S.StoreDamagedError) as e:
+        st.verify()
+    assert isinstance(e.value, S.StoreError)
+    problems = e.value.problems
+    assert [(p.shard, p.kind) for p in problems] == [(1, "damaged"), (2, "damaged"),
+                                                      (3, "damaged"), (4, "damaged"),
+                                                      (5, "damaged")]
+    msg = str(e.value)
+    for part in ["5 problems", "shard 1: token_ids: chunk token_ids/1.0 is unreadable",
+                 "shard 2: lengths: rows [16, 24) in chunk lengths/2 do not match",
+                 "shard 3: dense: chunk dense/3.0 is missing",
+                 "shard 4: ids file ids/shard-000004.jsonl is missing",
+                 "shard 5:", "unreadable shard record"]:
+        assert part in msg, (part, msg)
+    assert [str(p) for p in st.problems()] == [str(p) for p in problems]
+
+
+def test_discard_reopens_a_finished_store_and_the_redo_is_exact(tmp_path, clean_store):
+    import shutil
+
+    path = tmp_path / "s"
+    shutil.copytree(clean_store, path)
+    sizes = shard_sizes(43)
+    w = create(path)
+    assert w.complete
+    (path / "token_weights" / "2.0").write_bytes(b"damaged")
+    w.discard_shard(2)
+    assert not w.complete and w.done_shards() == set(range(len(sizes))) - {2}
+    with pytest.raises(S.StoreIncompleteError):
+        S.open(path)
+    assert create(path)._arrays["token_ids"].shape[0] == S.MAX_ROWS
+    write(w, 2, sizes[2])
+    w.finalize(len(sizes))
+    assert_stores_equal(path, clean_store)
+    assert json.loads((path / "manifest.json").read_text())["counters"] == \
+        json.loads((clean_store / "manifest.json").read_text())["counters"]
+
+
+def test_drop_shards_past_a_shrunk_input(tmp_path):
+    path = tmp_path / "s"
+    write_all(path, shard_sizes(43))
+    w = create(path)
+    assert w.drop_shards_from(3) == [3, 4, 5]
+    assert not w.complete and w.done_shards() == {0, 1, 2}
+    # a killed earlier run also left data of an unrecorded shard past the end
+    arr = ts.open({"driver": "zarr", "kvstore": {"driver": "file",
+                                                  "path": str(path / "token_ids")}}).result()
+    arr[6 * SHARD: 7 * SHARD].write(np.ones((SHARD, K), np.int32)).result()
+    (path / "ids" / "shard-000006.jsonl").write_bytes(b'"left"\n')
+    w.finalize(3)
+    clean = tmp_path / "clean"
+    write_all(clean, [SHARD] * 3)
+    assert_stores_equal(path, clean)   # no ids file or chunk of shards 3.. is left
+
+
+# ----------------------------------------------------------------------------- one writer
+
+def _hold_lock(path: Path) -> subprocess.Popen:
+    code = ("import sys, time; from keytok_jax.store import StoreLock; "
+            "StoreLock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path):
+    path = tmp_path / "s"
+    proc = _hold_lock(path)
+    try:
+        with pytest.raises(S.StoreLockedError) as e:
+            S.StoreLock.acquire(path)
+        msg = str(e.value)
+        assert f"process {proc.pid} on host" in msg and "another job" in msg and "--output" in msg
+        assert e.value.holder["pid"] == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (path / ".lock").exists()   # a killed holder leaves its lock file
+    with S.StoreLock.acquire(path) as lock:
+        assert lock.taken_over["pid"] == proc.pid
+        assert f"process {proc.pid}" in lock.taken_over_message()
+        assert "no longer running" in lock.taken_over_message()
+        assert json.loads((path / ".lock").read_text())["pid"] == os.getpid()
+        create(path)   # the lock file is not a foreign file
+    assert not (path / ".lock").exists()
+    S.StoreLock.acquire(path).release()   # free again
+
+
+def test_lock_of_another_host_is_refused_until_deleted(tmp_path):
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere",
+                                            "started": "2026-01-01T00:00:00+00:00"}))
+    with pytest.raises(S.StoreLockedError) as e:
+        S.StoreLock.acquire(path)
+    assert "host elsewhere" in str(e.value) and f"delete {path / '.lock'}" in str(e.value)
+    assert (path / ".lock").exists()
+    (path / ".lock").unlink()
+    S.StoreLock.acquire(path).release()
+
+
+def test_lock_alone_leaves_no_directory(tmp_path):
+    path = tmp_path / "new" / "store"
+    S.StoreLock.acquire(path).release()
+    assert not path.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(S.StoreError, match="not a directory"):
+        S.StoreLock.acquire(tmp_path / "file")
+
+
+def test_incomplete_store_message_says_how_to_finish(tmp_path):
+    path = tmp_path / "s"
+    w = create(path)
+    write(w, 0, SHARD)
+    with pytest.raises(S.StoreIncompleteError) as e:
+        S.open(path)
+    msg = str(e.value)
+    assert "1 shards are recorded" in msg and "was stopped" in msg
+    assert "Rerun the same `python -m keytok_jax.embed` command" in msg
+    assert "keytok_jax.store.open(path, allow_incomplete=True)" in msg
+    with S.StoreLock.acquire(path):
+        with pytest.raises(S.StoreIncompleteError, match=f"a job is writing it \\(process {os.getpid()}"):
+            S.open(path)
+
+
+def test_missing_store_is_a_store_error(tmp_path):
+    with pytest.raises(S.StoreError, match="no such store"):
+        S.open(tmp_path / "nowhere")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(S.StoreError, match="not a directory"):
+        S.open(tmp_path / "f")
+
+
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--write":
     _writer_main(sys.argv[2], int(sys.argv[3]))

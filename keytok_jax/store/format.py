@@ -19,6 +19,7 @@ Store layout (format version 1)
       flags/                     zarr v2 array [N]     uint8    (|u1)  FLAG_* bits per text
       ids/shard-000042.jsonl     document ids of shard 42, one JSON string per line, in row order
       shards/shard-000042.json   record of finished shard 42 (its presence means: shard complete)
+      .lock                      only while a job writes the store: who holds it (see below)
 
 Row ``i`` of every array is document ``i``; shard ``s`` holds rows
 ``[s * shard_size, s * shard_size + num_rows_s)``: every shard but the last is full
@@ -76,19 +77,46 @@ fsyncs each chunk) and its ids file are durably written:
   present, ``"lengths"``, ``"flags"``);
 - ``counters``: ``docs``, ``tokens`` (sum of lengths), ``truncated``, ``empty``, ``replaced``
   (counted from ``flags``), overridden or extended by the counters the job passes;
+- ``input_sha256`` and ``input_rows`` (written by the embedding job; absent from records written
+  before them or through :class:`~keytok_jax.store.StoreWriter` without ``input=``): the
+  fingerprint of the shard's input rows, which a resumed job compares with its own read of the
+  input before it reuses the shard. Each row's digest is
+  ``sha256(ID_LINE + sha256(TEXT) + FLAGS)``, where ``ID_LINE`` is the row's line of the ids
+  file (its bytes, ``\n`` included), ``TEXT`` the document's text as the reader gave it, before
+  any prompt (UTF-8; lone surrogates as ``surrogatepass``), and ``FLAGS`` one byte, the reader's
+  flags (``FLAG_REPLACED``, ``FLAG_EMPTY``). ``input_sha256`` is the hex sha256 of the row
+  digests concatenated in row order; ``input_rows`` is the first 4 bytes of each row digest in
+  hex, in row order (8 characters per row), so a changed input is reported at its first
+  differing row (see :func:`input_fingerprint`);
 - ``written`` (UTC time) and ``host``: informational.
 
-Crash safety and resume: a shard is done exactly when its record exists. A resumed run skips
-recorded shards and redoes the others; a redone shard rewrites whole chunks (padded with zeros to
+Crash safety and resume: a shard is done exactly when its record exists. A resumed run redoes
+the shards without a record; a redone shard rewrites whole chunks (padded with zeros to
 ``shard_size`` rows) and its whole ids file, so whatever a killed run left there is replaced and
-the store ends byte-identical to an uninterrupted run. Several processes may write one store, each
+the store ends byte-identical to an uninterrupted run. A recorded shard is reused only after two
+checks (:meth:`~keytok_jax.store.StoreWriter.reuse_problems`): its input rows are the ones the
+new run reads (``input_sha256``; a record without one is not trusted), and its chunks and ids file
+still hash to the record's ``sha256``. A shard failing either is refused, or, when the caller
+asks, forgotten (:meth:`~keytok_jax.store.StoreWriter.discard_shard` removes its record, reopening
+a finalized store) and written again; records past the end of a shrunk input are dropped the same
+way (:meth:`~keytok_jax.store.StoreWriter.drop_shards_from`). Finalize removes the ids files and
+chunks of unrecorded shards past the last one. Several processes may write one store, each
 owning whole shards: a shard writes only its own chunks, ids file and record; shared metadata
-(``manifest.json``, ``.zarray``) is written only at create (idempotently) and at finalize (by one
-process, after every writer is done).
+(``manifest.json``, ``.zarray``) is written only at create (idempotently), at finalize (by one
+process, after every writer is done) and when a finalized store is reopened.
 
-Reading: :func:`keytok_jax.store.open` refuses an incomplete store unless ``allow_incomplete=True``, which shows
-its leading recorded shards (0, 1, ... up to the first shard without a record).
-:meth:`keytok_jax.store.Store.verify` recomputes every shard's checksums.
+One writer per store: the embedding job holds ``STORE/.lock`` while it runs (a JSON object:
+``pid``, ``host``, ``started``, ``command``), created with its content in place by ``link`` and
+locked with ``flock`` (:class:`keytok_jax.store.StoreLock`); a second job fails naming the holder.
+A lock left by a process that died on the same host is taken over; one naming another host is
+refused until it is deleted by hand. In a multi-process job, process 0 holds it for all. The lock
+file is removed when the job ends, so a finished store has none.
+
+Reading: :func:`keytok_jax.store.open` refuses an incomplete store unless ``allow_incomplete=True``,
+which shows its leading recorded shards (0, 1, ... up to the first shard without a record).
+:meth:`keytok_jax.store.Store.verify` rechecks every shard against its record (ids file, chunks
+present and readable, checksums) and raises one :class:`~keytok_jax.store.StoreDamagedError`
+listing every problem; :meth:`~keytok_jax.store.Store.problems` returns them.
 """
 from __future__ import annotations
 
@@ -97,7 +125,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -108,13 +136,15 @@ __all__ = [
     "FORMAT_VERSION", "MAX_ROWS", "FLAG_TRUNCATED", "FLAG_EMPTY", "FLAG_REPLACED", "KNOWN_FLAGS",
     "MANIFEST", "IDS_DIR", "SHARDS_DIR", "ARRAYS", "DTYPES", "COMPRESSOR", "shard_name",
     "encode_ids", "decode_ids", "digest", "array_spec", "array_names", "read_manifest",
-    "list_records", "load_record", "now",
+    "list_records", "load_record", "now", "chunk_file", "chunk_shard", "row_digest",
+    "input_fingerprint", "LOCK",
 ]
 
 FORMAT_VERSION = 1
 MAX_ROWS = 2 ** 40  # row bound of the arrays while a store is incomplete
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 IDS_DIR = "ids"
 SHARDS_DIR = "shards"
 ARRAYS = ("token_ids", "token_weights", "dense", "lengths", "flags")
@@ -122,6 +152,7 @@ DTYPES = {"token_ids": "<i4", "token_weights": "<f4", "dense": "<f4", "lengths":
           "flags": "|u1"}
 COMPRESSOR = {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1, "blocksize": 0}
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.json$")
+_CHUNK_RE = re.compile(r"^(\d+)(?:\.0)?$")
 _LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
@@ -158,7 +189,10 @@ def encode_ids(ids: Iterable[str]) -> bytes:
 
 
 def decode_ids(data: bytes, where: str = "ids file") -> list[str]:
-    text = data.decode("utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StoreError(f"{where}: not UTF-8: {e}") from None
     if text and not text.endswith("\n"):
         raise StoreError(f"{where}: last line is not terminated (truncated file?)")
     out = []
@@ -173,11 +207,42 @@ def decode_ids(data: bytes, where: str = "ids file") -> list[str]:
     return out
 
 
+# ----------------------------------------------------------------------------- input identity
+
+def row_digest(doc_id: str, text: str, flags: int) -> bytes:
+    """The 32-byte digest of one input row: its id line, its text's sha256, the reader's flags."""
+    text_sum = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return hashlib.sha256(encode_ids([doc_id]) + text_sum + bytes([int(flags) & 0xFF])).digest()
+
+
+def input_fingerprint(ids: Sequence[str], texts: Sequence[str], flags: Sequence[int]) -> dict:
+    """The record keys ``input_sha256`` and ``input_rows`` of a shard's input rows (ids, the texts
+    as read, the reader's flags), in row order."""
+    if not len(ids) == len(texts) == len(flags):
+        raise ValueError(f"input_fingerprint: {len(ids)} ids, {len(texts)} texts and "
+                         f"{len(flags)} flags")
+    rows = [row_digest(i, t, f) for i, t, f in zip(ids, texts, flags)]
+    return {"input_sha256": hashlib.sha256(b"".join(rows)).hexdigest(),
+            "input_rows": "".join(r[:4].hex() for r in rows)}
+
+
 # ----------------------------------------------------------------------------- arrays
 
 def digest(a: np.ndarray) -> str:
     """The checksum a shard record keeps of an array's rows (little-endian C-order bytes)."""
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def chunk_file(name: str, shard_index: int, rank: int) -> str:
+    """The chunk of array ``name`` (of ``rank`` dimensions) that holds shard ``shard_index``'s rows,
+    relative to the store: ``token_ids/42.0``, ``lengths/42``."""
+    return f"{name}/{shard_index}" + (".0" if rank == 2 else "")
+
+
+def chunk_shard(file_name: str) -> int | None:
+    """The shard whose rows a chunk file of an array holds (None: not a chunk file)."""
+    m = _CHUNK_RE.match(file_name)
+    return int(m.group(1)) if m else None
 
 
 def array_spec(path: Path, name: str, *, shape=None, chunks=None) -> dict:
@@ -197,12 +262,20 @@ def array_spec(path: Path, name: str, *, shape=None, chunks=None) -> dict:
 
 def read_manifest(path: Path) -> dict:
     mpath = path / MANIFEST
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path}: not a store (it is a file, not a directory)")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if not path.exists():
+            raise StoreError(f"{path}: no such store (the directory does not exist)") from None
         raise StoreError(f"{path} is not a keytok_jax store: {MANIFEST} not found") from None
+    except OSError as e:
+        raise StoreError(f"{mpath}: cannot read the manifest: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{mpath}: unreadable manifest: {e}") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{mpath}: unreadable manifest: not a JSON object")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreError(f"{mpath}: format_version {version!r}; this keytok_jax reads "
@@ -224,6 +297,13 @@ def list_records(path: Path) -> dict[int, Path]:
 
 def load_record(p: Path) -> dict:
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        record = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{p}: shard record not found") from None
+    except OSError as e:
+        raise StoreError(f"{p}: cannot read the shard record: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{p}: unreadable shard record: {e}") from None
+    if not isinstance(record, dict):
+        raise StoreError(f"{p}: unreadable shard record: not a JSON object")
+    return record

@@ -1,17 +1,18 @@
 """Reading a store: :func:`open` gives a :class:`Store` whose arrays are lazy tensorstore views of
-exactly the rows its shard records vouch for, and :meth:`Store.verify` checks them against the
-records' checksums."""
+exactly the rows its shard records vouch for, and :meth:`Store.verify` checks every shard against
+its record (ids file, chunks present and readable, checksums), reporting every problem."""
 from __future__ import annotations
 
-import hashlib
 from functools import cached_property
 from pathlib import Path
 
 import tensorstore as ts
 
-from .errors import StoreError, StoreIncompleteError
-from .format import (array_names, array_spec, decode_ids, digest, list_records, load_record,
+from .check import Problem, data_problems
+from .errors import StoreDamagedError, StoreError, StoreIncompleteError
+from .format import (array_names, array_spec, decode_ids, list_records, load_record,
                      read_manifest)
+from .lock import describe_holder, read_holder
 
 __all__ = ["Store", "open"]
 
@@ -38,9 +39,8 @@ class Store:
                                  f"{missing[:20]} are missing")
         else:
             if not allow_incomplete:
-                raise StoreIncompleteError(
-                    f"{self.path} is incomplete (not finalized; {len(self._record_paths)} shards "
-                    f"recorded); pass allow_incomplete=True to read its leading finished shards")
+                raise StoreIncompleteError(_incomplete_message(self.path,
+                                                               len(self._record_paths)))
             self.num_shards = self._leading_shards()
             self.num_rows = sum(self._record(i)["num_rows"] for i in range(self.num_shards))
 
@@ -95,8 +95,13 @@ class Store:
         if not 0 <= shard_index < self.num_shards:
             raise IndexError(f"shard {shard_index} out of range [0, {self.num_shards})")
         rec = self._record(shard_index)
-        p = self.path / rec["ids_file"]
-        ids = decode_ids(p.read_bytes(), str(p))
+        p = self.path / rec.get("ids_file", "")
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise StoreError(f"{p}: cannot read the ids of shard {shard_index}: "
+                             f"{e.strerror or e}") from None
+        ids = decode_ids(data, str(p))
         if len(ids) != rec["num_rows"]:
             raise StoreError(f"{p}: {len(ids)} ids, the shard record says {rec['num_rows']}")
         return ids
@@ -109,34 +114,37 @@ class Store:
         return out
 
     def verify(self) -> int:
-        """Recompute every shard's checksums (ids file and array rows) against its record.
-
-        Returns the number of shards checked; raises :class:`StoreError` listing every mismatch.
-        """
-        problems = []
-        for i in range(self.num_shards):
-            problems.extend(self._shard_problems(i))
+        """Check every shard against its record: its ids file and each array's chunk present,
+        readable and hashing to the record's checksums. Returns the number of shards checked;
+        raises :class:`StoreDamagedError` listing every problem (one line per shard and array)."""
+        problems = self.problems()
         if problems:
-            raise StoreError(f"{self.path}: {len(problems)} checksum problems:\n  "
-                             + "\n  ".join(problems))
+            lines = [str(p) for p in problems]
+            raise StoreDamagedError(f"{self.path}: {len(problems)} problems:\n  "
+                                    + "\n  ".join(lines), problems)
         return self.num_shards
 
-    def _shard_problems(self, i: int) -> list[str]:
-        """The checksum mismatches of shard ``i``, one line each."""
-        rec = self._record(i)
-        start, stop = rec["row_start"], rec["row_stop"]
-        sums = rec.get("sha256", {})
+    def problems(self) -> list[Problem]:
+        """Every problem :meth:`verify` finds, shard by shard (empty: the store is sound)."""
         problems = []
-        try:
-            got = hashlib.sha256((self.path / rec["ids_file"]).read_bytes()).hexdigest()
-        except FileNotFoundError:
-            got = "<missing>"
-        if got != sums.get("ids"):
-            problems.append(f"shard {i}: ids file {rec['ids_file']} checksum mismatch")
-        for name, arr in self._arrays.items():
-            if digest(arr[start:stop].read().result()) != sums.get(name):
-                problems.append(f"shard {i}: {name} rows [{start}, {stop}) checksum mismatch")
+        for i in range(self.num_shards):
+            try:
+                record = self._record(i)
+            except StoreError as e:
+                problems.append(Problem(i, "damaged", str(e)))
+                continue
+            problems.extend(data_problems(self.path, i, record, self._arrays))
         return problems
+
+
+def _incomplete_message(path: Path, recorded: int) -> str:
+    holder = read_holder(path)
+    state = (f"a job is writing it ({describe_holder(holder)})" if holder else
+             "its embedding job was stopped before the end")
+    return (f"{path} is incomplete: {recorded} shards are recorded but the store is not "
+            f"finalized ({state}). Rerun the same `python -m keytok_jax.embed` command to finish "
+            f"it; from Python, keytok_jax.store.open(path, allow_incomplete=True) reads its leading "
+            f"finished shards")
 
 
 def open(path, *, allow_incomplete: bool = False) -> Store:  # noqa: A001 - keytok_jax.store.open

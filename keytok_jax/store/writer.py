@@ -2,28 +2,32 @@
 
 A shard is written in an order that makes resume exact (see :mod:`keytok_jax.store.format`):
 whole array chunks first, then its ids file, then, last and atomically, the record whose presence
-means "done". Shared metadata (manifest, ``.zarray``) is written only at create, idempotently, and
-at finalize, so several processes may write one store, each owning whole shards.
+means "done". Shared metadata (manifest, ``.zarray``) is written only at create, idempotently, at
+finalize and when a finalized store is reopened, so several processes may write one store, each
+owning whole shards. Before a resumed run reuses a recorded shard it asks
+:meth:`StoreWriter.reuse_problems` (input fingerprint, files against checksums); a shard that
+fails is forgotten with :meth:`StoreWriter.discard_shard` and written again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 import socket
-import sys
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorstore as ts
 
 from . import fileio
-from .errors import ShardExistsError, StoreError, StoreMismatchError
+from .check import Problem, data_problems, input_problems
+from .create import check_same, create_manifest, new_manifest, open_or_create_array
+from .errors import ShardExistsError, StoreError
 from .format import (FLAG_EMPTY, FLAG_REPLACED, FLAG_TRUNCATED, FORMAT_VERSION, IDS_DIR,
-                     KNOWN_FLAGS, MANIFEST, MAX_ROWS, SHARDS_DIR, array_names, array_spec, digest,
-                     encode_ids, list_records, load_record, now, read_manifest, shard_name)
+                     KNOWN_FLAGS, MANIFEST, MAX_ROWS, SHARDS_DIR, array_names, chunk_shard,
+                     digest, encode_ids, list_records, load_record, now, read_manifest,
+                     shard_name)
 
 __all__ = ["StoreWriter"]
 
@@ -63,13 +67,13 @@ class StoreWriter:
             raise ValueError(f"dim must be a positive int or None, got {dim!r}")
         if not isinstance(settings, Mapping):
             raise TypeError(f"settings must be a dict, got {type(settings).__name__}")
-        new = _new_manifest(_normalize_json(dict(settings), "settings"), k=int(k),
-                            vocab_size=int(vocab_size), shard_size=int(shard_size),
-                            dim=None if dim is None else int(dim))
-        _create_manifest(path, new)
+        new = new_manifest(_normalize_json(dict(settings), "settings"), k=int(k),
+                           vocab_size=int(vocab_size), shard_size=int(shard_size),
+                           dim=None if dim is None else int(dim))
+        create_manifest(path, new)
         manifest = read_manifest(path)
-        _check_same(path, manifest, new)
-        arrays = {name: _open_or_create_array(path, name, manifest)
+        check_same(path, manifest, new)
+        arrays = {name: open_or_create_array(path, name, manifest)
                   for name in array_names(new["dim"])}
         (path / IDS_DIR).mkdir(exist_ok=True)
         (path / SHARDS_DIR).mkdir(exist_ok=True)
@@ -93,7 +97,8 @@ class StoreWriter:
     # -- writing
 
     def write_shard(self, shard_index: int, ids, token_ids, token_weights, lengths, flags,
-                    dense=None, *, counters: Mapping[str, Any] | None = None) -> dict:
+                    dense=None, *, counters: Mapping[str, Any] | None = None,
+                    input: Mapping[str, str] | None = None) -> dict:
         """Write shard ``shard_index`` (rows ``shard_index * shard_size`` onward) and its record.
 
         ``ids``: list of n document ids (1 <= n <= shard_size; only the last shard may be short);
@@ -101,7 +106,9 @@ class StoreWriter:
         ``lengths`` [n] non-negative integers; ``flags`` [n] FLAG_* bits; ``dense`` [n, dim]
         finite floats, required exactly when the store has ``dim``; ``counters``: the job's
         per-shard counts (docs, tokens, truncated, empty, replaced, ...), merged over the ones
-        derived from ``lengths`` and ``flags``. Partial data of an unrecorded shard is overwritten;
+        derived from ``lengths`` and ``flags``; ``input``: the fingerprint of the shard's input
+        rows (:func:`~keytok_jax.store.input_fingerprint`), recorded so that a resumed run can
+        tell whether its input is the same. Partial data of an unrecorded shard is overwritten;
         a recorded shard raises :class:`ShardExistsError`. Returns the record.
         """
         shard_index = self._writable_shard(shard_index)
@@ -112,6 +119,7 @@ class StoreWriter:
                              f"{self.shard_size} rows")
         data = self._check_arrays(shard_index, n, token_ids, token_weights, lengths, flags, dense)
         shard_counters = _shard_counters(shard_index, data, counters)
+        input_keys = _input_keys(shard_index, n, input)
         ids_bytes = encode_ids(ids)
 
         ids_file, record_path = self._ids_file(shard_index), self._record_path(shard_index)
@@ -122,6 +130,7 @@ class StoreWriter:
         # Last: the record's presence means the shard is complete.
         record = _shard_record(shard_index, self.shard_rows(shard_index)[0], ids_bytes, data,
                                shard_counters)
+        record.update(input_keys)
         fileio.atomic_write(record_path, fileio.json_bytes(record))
         return record
 
@@ -157,6 +166,67 @@ class StoreWriter:
             futures.append(self._arrays[key][start:stop_max].write(padded))
         for f in futures:
             f.result()
+
+    # -- reuse
+
+    def reuse_problems(self, shard_index: int, ids: Sequence[str],
+                       fingerprint: Mapping[str, str]) -> list[Problem]:
+        """Why recorded shard ``shard_index`` may not be reused for input rows ``ids`` whose
+        :func:`~keytok_jax.store.input_fingerprint` is ``fingerprint`` (empty: reuse it). Its
+        input first (a record without a fingerprint is not trusted; a changed input names its
+        first differing row), then its files: ids file and array chunks present, readable and
+        hashing to the record's checksums, one problem per shard and array."""
+        try:
+            record = load_record(self._record_path(shard_index))
+        except StoreError as e:
+            return [Problem(shard_index, "damaged", str(e))]
+        problems = input_problems(self.path, shard_index, record, ids, fingerprint)
+        return problems or data_problems(self.path, shard_index, record, self._arrays)
+
+    def discard_shard(self, shard_index: int) -> None:
+        """Forget recorded shard ``shard_index``: its record is removed (a finalized store is
+        reopened first), so it is an unfinished shard that :meth:`write_shard` writes again."""
+        if self.complete:
+            self.reopen()
+        self._record_path(shard_index).unlink(missing_ok=True)
+        fileio.fsync_dir(self.path / SHARDS_DIR)
+
+    def reopen(self) -> None:
+        """Make a finalized store writable again: the manifest is rewritten unfinished first,
+        then the arrays get their row bound back (an interrupted reopen is completed by the next
+        :meth:`create_or_resume`). Readers refuse the store until it is finalized again."""
+        if not self.complete:
+            return
+        manifest = {k: v for k, v in read_manifest(self.path).items()
+                    if k not in ("finalized", "counters")}
+        manifest.update(num_rows=None, num_shards=None, complete=False)
+        fileio.atomic_write(self.path / MANIFEST, fileio.json_bytes(manifest))
+        self.manifest = manifest
+        for name, arr in self._arrays.items():
+            self._arrays[name] = arr.resize(exclusive_max=[MAX_ROWS] + [None] * (arr.rank - 1),
+                                            resize_metadata_only=True).result()
+
+    def drop_shards_from(self, num_shards: int) -> list[int]:
+        """Forget every recorded shard from ``num_shards`` on (the input now ends before them),
+        reopening a finalized store; returns their indices. :meth:`finalize` then removes
+        their files."""
+        extra = sorted(i for i in self.done_shards() if i >= num_shards)
+        for i in extra:
+            self.discard_shard(i)
+        return extra
+
+    def _remove_past(self, num_shards: int) -> None:
+        """Remove the ids files and chunks of (unrecorded) shards past the last one."""
+        ids_re = re.compile(r"^shard-(\d{6,})\.jsonl$")
+        for p in (self.path / IDS_DIR).iterdir():
+            m = ids_re.match(p.name)
+            if m and int(m.group(1)) >= num_shards:
+                p.unlink(missing_ok=True)
+        for name in self._arrays:
+            for p in (self.path / name).iterdir():
+                shard = chunk_shard(p.name)
+                if shard is not None and shard >= num_shards:
+                    p.unlink(missing_ok=True)
 
     def _check_arrays(self, shard_index, n, token_ids, token_weights, lengths, flags, dense):
         """The shard's arrays in their store dtypes, once their shapes and values are valid."""
@@ -201,6 +271,7 @@ class StoreWriter:
             return current
 
         num_rows, totals = self._sum_records(num_shards)
+        self._remove_past(num_shards)
         for name, arr in self._arrays.items():
             self._arrays[name] = arr.resize(exclusive_max=[num_rows] + [None] * (arr.rank - 1),
                                             resize_metadata_only=True).result()
@@ -318,6 +389,17 @@ def _shard_counters(shard_index: int, data: dict[str, np.ndarray],
     return derived
 
 
+def _input_keys(shard_index: int, n: int, fingerprint: Mapping[str, str] | None) -> dict:
+    """The record's input fingerprint keys, once they fit the shard's ``n`` rows."""
+    if fingerprint is None:
+        return {}
+    sha, rows = fingerprint.get("input_sha256"), fingerprint.get("input_rows")
+    if (not isinstance(sha, str) or len(sha) != 64 or not isinstance(rows, str)
+            or len(rows) != 8 * n):
+        raise ValueError(f"shard {shard_index}: input must be input_fingerprint() of its {n} rows")
+    return {"input_sha256": sha, "input_rows": rows}
+
+
 def _shard_record(shard_index: int, start: int, ids_bytes: bytes, data: dict[str, np.ndarray],
                   counters: dict[str, Any]) -> dict:
     n = len(data["lengths"])
@@ -334,99 +416,3 @@ def _shard_record(shard_index: int, start: int, ids_bytes: bytes, data: dict[str
         "written": now(),
         "host": socket.gethostname(),
     }
-
-
-# ----------------------------------------------------------------------------- manifest, arrays
-
-def _package_version() -> str:
-    pkg = sys.modules.get("keytok_jax")
-    version = getattr(pkg, "__version__", None)
-    if version:
-        return version
-    try:
-        return metadata.version("keytok_jax")
-    except Exception:  # noqa: BLE001 - metadata absent (the store used on its own)
-        return "unknown"
-
-
-def _new_manifest(settings: dict, *, k: int, vocab_size: int, dim: int | None,
-                  shard_size: int) -> dict:
-    return {
-        "format_version": FORMAT_VERSION,
-        "keytok_jax_version": _package_version(),
-        "settings": settings,
-        "vocab_size": vocab_size,
-        "k": k,
-        "dim": dim,
-        "shard_size": shard_size,
-        "num_rows": None,
-        "num_shards": None,
-        "complete": False,
-        "created": now(),
-    }
-
-
-def _create_manifest(path: Path, manifest: dict) -> None:
-    """Write ``manifest`` unless the store already has one; refuses a foreign directory."""
-    mpath = path / MANIFEST
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"{path} exists and is not a directory")
-    if mpath.exists():
-        return
-    if path.is_dir():
-        foreign = [p.name for p in path.iterdir()
-                   if not (p.name.startswith(f".{MANIFEST}.") and p.name.endswith(".tmp"))]
-        if foreign:
-            raise StoreError(f"{path} exists, is not empty and has no {MANIFEST}: not a "
-                             f"keytok_jax store (found {sorted(foreign)[:5]})")
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = fileio.write_tmp(mpath, fileio.json_bytes(manifest))
-    try:
-        os.link(tmp, mpath)  # atomic and never clobbers a concurrent creator's manifest
-        fileio.fsync_dir(path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-
-
-def _check_same(path: Path, old: dict, new: dict) -> None:
-    diffs = []
-    old_settings, new_settings = old.get("settings") or {}, new["settings"]
-    absent = "<absent>"
-    for key in sorted(set(old_settings) | set(new_settings), key=str):
-        a, b = old_settings.get(key, absent), new_settings.get(key, absent)
-        if a != b:
-            diffs.append(f"settings[{key!r}]: store has {a!r}, this run has {b!r}")
-    for key in ("k", "dim", "vocab_size", "shard_size"):
-        if old.get(key) != new[key]:
-            diffs.append(f"{key}: store has {old.get(key)!r}, this run has {new[key]!r}")
-    if diffs:
-        raise StoreMismatchError(
-            f"the store at {path} was written with different settings; resume it with the same "
-            f"settings or write to a new path:\n  " + "\n  ".join(diffs))
-
-
-def _open_or_create_array(path: Path, name: str, manifest: dict) -> ts.TensorStore:
-    k, dim, shard_size = manifest["k"], manifest["dim"], manifest["shard_size"]
-    width = {"token_ids": [k], "token_weights": [k], "dense": [dim]}.get(name, [])
-    spec = array_spec(path, name, shape=[MAX_ROWS] + width, chunks=[shard_size] + width)
-    try:
-        arr = ts.open(array_spec(path, name), open=True, read=True, write=True).result()
-    except ValueError as e:  # NOT_FOUND: create (idempotent when several processes race)
-        if "NOT_FOUND" not in str(e):
-            raise StoreError(f"{path / name}: cannot open the zarr array: {e}") from None
-        arr = ts.open(spec, create=True, open=True).result()
-    expected = spec["metadata"]
-    chunks = list(arr.chunk_layout.write_chunk.shape)
-    if (arr.dtype.numpy_dtype != np.dtype(expected["dtype"]) or chunks != expected["chunks"]
-            or list(arr.shape[1:]) != width):
-        raise StoreError(f"{path / name}: array has dtype {arr.dtype.numpy_dtype}, chunks "
-                         f"{chunks}, shape {list(arr.shape)}; the manifest calls for dtype "
-                         f"{np.dtype(expected['dtype'])}, chunks {expected['chunks']}, "
-                         f"shape [rows] + {width}")
-    if not manifest.get("complete") and arr.shape[0] != MAX_ROWS:
-        # A finalize was interrupted after resizing: give the rows their bound back.
-        arr = arr.resize(exclusive_max=[MAX_ROWS] + [None] * len(width),
-                         resize_metadata_only=True).result()
-    return arr
