@@ -275,7 +275,83 @@ def test_search_cli(mini_scifact, tmp_path, capsys):
                         "-k", "5", "--format", "trec", "--output", str(tmp_path / "run.trec")]) == 0
     lines = (tmp_path / "run.trec").read_text().splitlines()
     assert len(lines) == 30 * 5 and lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1"
-    with pytest.raises(SystemExit):
-        search_main(["--store", str(store), "--query", "x", "--mode", "nope"])
+    assert search_main(["--store", str(store), "--query", "x", "--mode", "nope"]) == 2
+    assert "error: --mode: invalid choice" in capsys.readouterr().err
     assert search_main(["--store", str(tmp_path / "missing"), "--query", "x"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- honest outputs (issue 19)
+
+TINY_DOCS = [("d1", "cats chase mice in the barn"), ("d2", "dogs bark at the mail carrier"),
+             ("d3", "protein folding in the cell"), ("d4", "the stock market fell today"),
+             ("d5", "a recipe for apple pie"), ("d6", "cell division and mitosis"),
+             ("d7", "protein synthesis in ribosomes"), ("d8", "cats sleep most of the day")]
+TINY_QUERIES = {"q1": "cell protein", "q2": "cats", "q3": "dogs"}
+TINY_QRELS = {"q1": {"d3": 1, "d7": 1}, "q2": {"d1": 1, "d8": 1}, "q3": {"d2": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_partial(tmp_path_factory, tiny_folder):
+    """A tiny BEIR folder and a store of its first 5 documents (dense too): d7 and d8, both
+    judged, are not in the store."""
+    from keytok_jax.embed import main as embed_main
+
+    root = tmp_path_factory.mktemp("tiny-beir")
+    data = root / "data"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n"
+                                               for i, t in TINY_DOCS))
+    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                for q, t in TINY_QUERIES.items()))
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{s}\n" for q, rel in TINY_QRELS.items() for d, s in rel.items()))
+    store = root / "store"
+    assert embed_main(["--input", str(data), "--output", str(store), "--model", str(tiny_folder),
+                       "--max-length", "32", "--top-k", "8", "--limit", "5", "--dense",
+                       "--no-progress"]) == 0
+    return data, store
+
+
+def test_evaluate_partial_store_is_honest(tiny_partial, tmp_path, capsys):
+    """BM25 ranks only the store's documents, and the judged documents the store lacks are
+    printed with the table and kept in the JSON."""
+    from keytok_jax.evaluate import main as eval_main
+    from keytok_jax.retrieval.evaluate import bm25_run
+
+    data, store = tiny_partial
+    out = tmp_path / "r.json"
+    capsys.readouterr()
+    assert eval_main(["--store", str(store), "--dataset", str(data), "--mode", "bm25", "--mode",
+                      "tokens", "--output", str(out)]) == 0
+    screen = capsys.readouterr().out
+    assert "2 of 5 judged documents are not in the store" in screen
+    report = json.loads(out.read_text())
+    assert report["judged_docs_missing_from_store"] == 2 and report["judged_docs"] == 5
+    assert report["modes"]["bm25"]["docs"] == 5 and report["store_rows"] == 5
+    run, timing = bm25_run(data, TINY_QUERIES, 10, S.open(store).ids)
+    assert timing["docs"] == 5
+    assert all(set(hits) <= {"d1", "d2", "d3", "d4", "d5"} for hits in run.values())
+    assert set(run["q2"]) == {"d1"}                 # d8 ("cats sleep ...") is not in the store
+    whole, _ = bm25_run(data, TINY_QUERIES, 10)
+    assert set(whole["q2"]) == {"d1", "d8"}
+
+
+def test_empty_query_has_no_hits_in_every_mode(tiny_partial, capsys):
+    from keytok_jax.search import main as search_main
+
+    _, store = tiny_partial
+    s = Searcher(store)
+    queries = ["", "   \t", "cats chase mice"]
+    for mode in ("tokens", "encode", "expand", "dense", "hybrid"):
+        res = s.search(queries, mode, 3)
+        assert res[0].hits == [] and res[1].hits == [] and len(res[0].rows) == 0, mode
+        if mode in ("dense", "hybrid"):
+            assert len(res[2].hits) == 3, mode       # a real query still gets its hits
+    for mode in ("encode", "expand"):
+        vectors = s.query_vectors(queries, mode)
+        assert vectors[[0]].nnz == 0 and vectors[[1]].nnz == 0 and vectors[[2]].nnz > 0, mode
+    assert s.search("", "dense", 3)[0].hits == []
+    capsys.readouterr()
+    assert search_main(["--store", str(store), "--query", " ", "--mode", "dense"]) == 0
+    assert "(empty query: no hits)" in capsys.readouterr().out

@@ -1,36 +1,105 @@
 """What every command shares: the one place where errors become ``error:`` lines and exit codes,
-flags generated from the settings classes, and printing of key/value summaries."""
+flags generated from the settings classes, and printing of key/value summaries.
+
+Errors (every command, through :func:`run_command`): an expected failure -- a bad or missing flag,
+a setting that cannot be used, a missing or unreadable file, a permission, a read-only or full
+disk, a path that is not a directory, a missing, incomplete or damaged store, bad input -- is
+printed as one line ``error: <path or flag>: <problem>`` on standard error and the command exits
+with status 2. Ctrl-C prints ``error: interrupted`` and exits with 130 (128 + SIGINT, what shells
+report for an interrupted command); a store being written is left resumable. A traceback is
+printed only with ``--debug`` (every command takes it) or the environment variable
+``KEYTOK_DEBUG=1``; an unexpected exception (a bug) keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
 import sys
+import traceback
 from typing import Any, Callable, Iterable, Mapping
 
-from ..errors import KeytokError
+from ..errors import KeytokError, SettingsError
 
-__all__ = ["run_command", "new_parser", "add_settings", "print_table"]
+__all__ = ["run_command", "new_parser", "Parser", "UsageError", "add_settings", "print_table",
+           "error_line", "EXIT_ERROR", "EXIT_INTERRUPTED", "DEBUG_ENV"]
 
-# Builtin errors that libraries under keytok (json, numpy, tensorstore, the OS) raise for bad
-# input: reported like ours. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (KeytokError, ValueError, OSError)
+# Builtin errors that libraries under keytok (json, numpy, tensorstore, gzip, the OS) raise for
+# bad input: reported like ours. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (KeytokError, ValueError, OSError, EOFError)
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "KEYTOK_DEBUG"
+DEBUG_HELP = (f"on an error, also print the Python traceback (or set {DEBUG_ENV}=1); without it "
+              "an expected error is one line 'error: <path or flag>: <problem>', exit status 2")
 
 
-def run_command(body: Callable[[], int | None]) -> int:
-    """Run a command's body; an expected failure becomes one ``error:`` line and exit status 2."""
+class UsageError(SettingsError):
+    """A command line argparse refuses (unknown flag, missing or malformed value)."""
+
+
+def _usage_message(message: str) -> str:
+    """argparse's wording as ``<flag>: <problem>``."""
+    if m := re.match(r"argument (\S+): (.*)", message, re.S):
+        return f"{m[1]}: {m[2]}"
+    if m := re.match(r"the following arguments are required: (.*)", message, re.S):
+        return f"{m[1]}: required"
+    if m := re.match(r"unrecognized arguments: (.*)", message, re.S):
+        return f"{m[1]}: unrecognized argument (see --help)"
+    return message
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser that raises :class:`UsageError` instead of printing the usage and
+    exiting, so a bad flag is reported like every other error; every parser (subcommands too)
+    takes ``--debug``."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help=DEBUG_HELP)
+
+    def error(self, message: str):
+        raise UsageError(_usage_message(message))
+
+
+def error_line(e: BaseException) -> str:
+    """The one ``error:`` line of an expected failure."""
+    message = str(e)
+    if isinstance(e, OSError) and e.strerror:
+        names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+        message = ": ".join(names + [e.strerror])
+    elif not message:
+        message = type(e).__name__
+    return message if message.startswith("error:") else f"error: {message}"
+
+
+def run_command(parser: argparse.ArgumentParser, argv,
+                body: Callable[[argparse.Namespace], int | None]) -> int:
+    """Parse ``argv`` and run ``body(args)``: an expected failure (see the module doc) becomes one
+    ``error:`` line on standard error and exit status 2, Ctrl-C ``error: interrupted`` and 130.
+    ``--debug`` is taken out of ``args`` before ``body`` sees them."""
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return body() or 0
+        args = parser.parse_args(argv)
+        debug = vars(args).pop("debug", False) or debug
+        return body(args) or 0
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except USER_ERRORS as e:
-        message = str(e)
-        if isinstance(e, OSError) and e.filename is not None and e.strerror:
-            message = f"{e.filename}: {e.strerror}"
-        print(message if message.startswith("error:") else f"error: {message}", file=sys.stderr)
-        return 2
+        if debug:
+            traceback.print_exc()
+        print(error_line(e), file=sys.stderr)
+        return EXIT_ERROR
 
 
-def new_parser(prog: str, doc: str | None, **kw) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+def new_parser(prog: str, doc: str | None, **kw) -> Parser:
+    return Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                  **kw)
 
 
 def _show(value: Any) -> str:

@@ -16,10 +16,11 @@ import json
 from pathlib import Path
 
 from ..pipeline.job import run
-from ..settings import JOB_GROUPS, JOB_PRESET, defaults, resolve
+from ..pipeline.preflight import check_job
+from ..settings import JOB_GROUPS, JOB_PRESET, JobSettings, defaults, resolve
 from .common import add_settings, new_parser, print_table, run_command
 
-__all__ = ["build_parser", "resolve_options", "main"]
+__all__ = ["build_parser", "resolve_options", "options_from_args", "main"]
 
 JOB_CLASSES = [cls for _, classes in JOB_GROUPS for cls in classes]
 
@@ -36,22 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_options(argv=None) -> dict:
+def options_from_args(args: argparse.Namespace) -> dict:
     """Every option of the job: class defaults → the built-in preset (settings.JOB_PRESET) →
     ``--config`` → the flags given. Unknown preset keys raise SettingsError."""
-    flags = vars(build_parser().parse_args(argv))
+    flags = dict(vars(args))
+    flags.pop("debug", None)
     config = flags.pop("config", None)
     return resolve(JOB_CLASSES, flags, preset=JOB_PRESET, config=config)
 
 
-def _embed(argv) -> int:
-    opts = resolve_options(argv)
-    summary = run(opts)
+def resolve_options(argv=None) -> dict:
+    """:func:`options_from_args` of a command line (a bad flag raises UsageError)."""
+    return options_from_args(build_parser().parse_args(argv))
+
+
+def _embed(args: argparse.Namespace) -> int:
+    job = JobSettings.from_options(options_from_args(args))
+    check_job(job)      # paths and flags, before the model loads or the store is created
+    summary = run(job)
     print_table(summary)
-    if opts.get("summary_json"):
-        Path(opts["summary_json"]).write_text(json.dumps(summary, indent=2))
+    if job.output.summary_json:
+        Path(job.output.summary_json).write_text(json.dumps(summary, indent=2))
     return 0
 
 
 def main(argv=None) -> int:
-    return run_command(lambda: _embed(argv))
+    return run_command(build_parser(), argv, _embed)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..pipeline.preflight import check_output_file
 from ..retrieval import ALL_MODES, evaluate, markdown
 from ..retrieval.evaluate import __doc__ as DESCRIPTION
 from ..settings import build, resolve
@@ -27,6 +28,9 @@ def build_parser():
 def _run(args) -> int:
     opts = resolve([EvaluateSettings, QuerySettings], vars(args))
     e, q = build(EvaluateSettings, opts), build(QuerySettings, opts)
+    for flag, path in (("--output", e.output), ("--markdown", e.markdown)):
+        if path:
+            check_output_file(flag, path)
     modes = opts["mode"] or ["all"]
     if "all" in modes:
         modes = list(ALL_MODES)
@@ -42,5 +46,4 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: _run(args))
+    return run_command(build_parser(), argv, _run)

@@ -6,6 +6,7 @@ import json
 
 from .. import store as store_lib
 from ..loading import load_tokenizer
+from ..pipeline.preflight import check_output_file, check_readable_file
 from ..retrieval import export_queries, export_store, queries_output_for
 from ..retrieval.export import __doc__ as DESCRIPTION
 from ..settings import build, resolve
@@ -23,6 +24,11 @@ def build_parser():
 
 def _run(args) -> int:
     x = build(ExportSettings, resolve([ExportSettings], vars(args)))
+    check_output_file("--output", x.output, parent_may_be_created=True)
+    if x.queries:
+        check_readable_file("--queries", x.queries)
+        check_output_file("--queries-output", x.queries_output or queries_output_for(x.output),
+                          parent_may_be_created=True)
     store = store_lib.open(x.store)
     tokenizer = load_tokenizer(store.settings["model"])
     counts = export_store(store, x.output, tokenizer, factor=x.factor)
@@ -35,5 +41,4 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: _run(args))
+    return run_command(build_parser(), argv, _run)

@@ -24,7 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
+from ..errors import PathError
+from ..pipeline.preflight import check_output_dir, check_readable_file
 from ..settings.train import FINETUNE_GROUPS
 from ..train.loop import train
 from .common import add_settings, new_parser, run_command
@@ -40,14 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    # Paths before the model loads.
+    if not Path(args.data).exists():
+        raise PathError(f"--data {args.data}: no such file or directory")
+    if args.eval_sts:
+        check_readable_file("--eval-sts", args.eval_sts)
+    check_output_dir("--output", args.output)
+    summary = train(vars(args))
+    shown = {k: v for k, v in summary.items() if k not in ("final_params", "settings")}
+    print(json.dumps(shown, indent=1, default=str))
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("keytok_jax").setLevel(logging.INFO)
-
-    def body() -> None:
-        summary = train(vars(args))
-        shown = {k: v for k, v in summary.items() if k not in ("final_params", "settings")}
-        print(json.dumps(shown, indent=1, default=str))
-
-    return run_command(body)
+    return run_command(build_parser(), argv, _finetune)

@@ -51,5 +51,4 @@ def inspect(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: inspect(args))
+    return run_command(build_parser(), argv, inspect)

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import sys
 
+from ..errors import SettingsError
+from ..pipeline.preflight import check_output_file, check_readable_file
 from ..retrieval import QueryResult, Searcher, read_query_file
 from ..retrieval.searcher import __doc__ as MODES_DOC
 from ..settings import build, resolve
@@ -30,14 +32,16 @@ def _queries(query_texts: list[str], queries_file: str | None) -> list[tuple[str
     if queries_file:
         queries += read_query_file(queries_file)
     if not queries:
-        raise ValueError("no queries: pass --query TEXT or --queries FILE")
+        raise SettingsError("--query: no queries; pass --query TEXT or --queries FILE")
     return queries
 
 
 def _text_block(searcher: Searcher, qid: str, text: str, res: QueryResult, matched,
                 show_tokens: int) -> str:
     lines = [f"query {qid}: {text}\n"]
-    if not res.hits:
+    if not text.strip():
+        lines.append("  (empty query: no hits)\n")
+    elif not res.hits:
         lines.append("  (no document shares a token with this query)\n")
     for rank, ((doc, s), row) in enumerate(zip(res.hits, res.rows.tolist()), 1):
         if res.vector is not None:
@@ -68,6 +72,10 @@ def write_results(out, searcher: Searcher, queries, results, s: SearchSettings) 
 def _run(args) -> int:
     opts = resolve([SearchSettings, QuerySettings], vars(args))
     s, q = build(SearchSettings, opts), build(QuerySettings, opts)
+    if s.queries:
+        check_readable_file("--queries", s.queries)
+    if s.output:
+        check_output_file("--output", s.output)
     queries = _queries(opts["query"], s.queries)
     searcher = Searcher(s.store, index_dir=s.index, rebuild=s.rebuild, **dataclasses.asdict(q))
     results = searcher.search([text for _, text in queries], s.mode, s.k)
@@ -80,5 +88,4 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: _run(args))
+    return run_command(build_parser(), argv, _run)

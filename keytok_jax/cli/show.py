@@ -7,6 +7,7 @@ import argparse
 import numpy as np
 
 from .. import store as store_lib
+from ..errors import SettingsError
 from ..loading import load_model
 from .common import new_parser, run_command
 
@@ -23,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def show(args: argparse.Namespace) -> None:
+    for flag, value in (("--rows", args.rows), ("--tokens", args.tokens)):
+        if value < 0:
+            raise SettingsError(f"{flag}: must be 0 or more, got {value}")
     s = store_lib.open(args.store)
     settings = s.manifest["settings"]
     print(f"{args.store}: {len(s)} rows, k={s.manifest['k']}, "
@@ -40,5 +44,4 @@ def show(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: show(args))
+    return run_command(build_parser(), argv, show)

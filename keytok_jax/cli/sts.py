@@ -16,6 +16,7 @@ from pathlib import Path
 from ..analysis.sts import evaluate_sts
 from ..model import ATTENTION_MODES
 from ..pipeline import Embedder
+from ..pipeline.preflight import check_output_file, check_readable_file
 from ..pooling import POOLING_METHODS
 from ..settings.analysis import sts_embedding
 from ..settings.core import defaults
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
+    for f in args.files:
+        check_readable_file("", f)
+    if args.output:
+        check_output_file("--output", args.output)
     model, settings = sts_embedding({k: getattr(args, k) for k in FLAGS}, args.config)
     embedder = Embedder.from_pretrained(model, **settings)
     results = [evaluate_sts(embedder, f, args.cleanup) for f in args.files]
@@ -62,5 +67,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: run(args))
+    return run_command(build_parser(), argv, run)

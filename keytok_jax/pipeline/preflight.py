@@ -114,18 +114,24 @@ def _check_beir(path, p: Path) -> None:
     raise PathError(f"--input {path}: BEIR folder without corpus.jsonl")
 
 
+def _where(flag: str, path) -> str:
+    """How a message names a path: ``--flag PATH``, or the path alone for a positional argument
+    (``flag=""``)."""
+    return f"{flag} {path}" if flag else str(path)
+
+
 def check_readable_file(flag: str, path) -> None:
     """``path`` is a file this process can open for reading."""
     p = Path(path)
     if not p.exists():
-        raise PathError(f"{flag} {path}: no such file")
+        raise PathError(f"{_where(flag, path)}: no such file")
     if p.is_dir():
-        raise PathError(f"{flag} {path}: is a directory, not a file")
+        raise PathError(f"{_where(flag, path)}: is a directory, not a file")
     try:
         with open(p, "rb"):
             pass
     except OSError as e:
-        raise PathError(f"{flag} {path}: cannot read it: {e.strerror or e}") from None
+        raise PathError(f"{_where(flag, path)}: cannot read it: {e.strerror or e}") from None
 
 
 def _existing_ancestor(p: Path) -> Path:
@@ -138,11 +144,11 @@ def _existing_ancestor(p: Path) -> Path:
 
 def _check_writable_dir(flag: str, path, d: Path, what: str) -> None:
     if not d.is_dir():
-        raise PathError(f"{flag} {path}: {d} is a file, not a directory")
+        raise PathError(f"{_where(flag, path)}: {d} is a file, not a directory")
     if not os.access(d, os.W_OK | os.X_OK):
-        raise PathError(f"{flag} {path}: {what} {d} is not writable")
+        raise PathError(f"{_where(flag, path)}: {what} {d} is not writable")
     if os.statvfs(d).f_flag & os.ST_RDONLY:
-        raise PathError(f"{flag} {path}: {d} is on a read-only file system")
+        raise PathError(f"{_where(flag, path)}: {d} is on a read-only file system")
 
 
 def check_output_dir(flag: str, path) -> None:
@@ -151,7 +157,7 @@ def check_output_dir(flag: str, path) -> None:
     p = Path(path)
     if p.exists():
         if not p.is_dir():
-            raise PathError(f"{flag} {path}: exists and is not a directory")
+            raise PathError(f"{_where(flag, path)}: exists and is not a directory")
         _check_writable_dir(flag, path, p, "directory")
         return
     _check_writable_dir(flag, path, _existing_ancestor(p), "directory")
@@ -162,15 +168,15 @@ def check_output_file(flag: str, path, *, parent_may_be_created: bool = False) -
     ``parent_may_be_created``, the nearest existing ancestor), an existing file writable."""
     p = Path(path)
     if p.is_dir():
-        raise PathError(f"{flag} {path}: is a directory; give a file name")
+        raise PathError(f"{_where(flag, path)}: is a directory; give a file name")
     parent = Path(os.path.abspath(p)).parent
     if not parent.exists():
         if not parent_may_be_created:
             ancestor = _existing_ancestor(parent)
             if not ancestor.is_dir():
-                raise PathError(f"{flag} {path}: {ancestor} is a file, not a directory")
-            raise PathError(f"{flag} {path}: directory {parent} does not exist")
+                raise PathError(f"{_where(flag, path)}: {ancestor} is a file, not a directory")
+            raise PathError(f"{_where(flag, path)}: directory {parent} does not exist")
         parent = _existing_ancestor(parent)
     _check_writable_dir(flag, path, parent, "directory")
     if p.exists() and not os.access(p, os.W_OK):
-        raise PathError(f"{flag} {path}: the file is not writable")
+        raise PathError(f"{_where(flag, path)}: the file is not writable")

@@ -2,10 +2,13 @@
 
 Runs each query mode of :class:`~keytok_jax.retrieval.Searcher` over a BEIR dataset's queries
 (those with relevance judgements in the split), a BM25 baseline (``bm25s``: Lucene-style BM25,
-k1=1.5, b=0.75, English stop words and Snowball stemming) on the same corpus, and scores every run
-with ``ir-measures`` (trec_eval's implementations through pytrec_eval): nDCG@10, Recall@100,
-MRR@10. The report holds each mode's ratio to dense nDCG@10 and queries/s; :func:`markdown`
-renders it as a table.
+k1=1.5, b=0.75, English stop words and Snowball stemming) on the same documents (the corpus
+documents whose ids are in the store, so a store holding part of a corpus is compared with BM25 on
+that part), and scores every run with ``ir-measures`` (trec_eval's implementations through
+pytrec_eval): nDCG@10, Recall@100, MRR@10. The report holds each mode's ratio to dense nDCG@10
+and queries/s; :func:`markdown` renders it as a table, under a line saying how many judged
+documents the store lacks (``judged_docs_missing_from_store`` of ``judged_docs`` in the report):
+no mode can retrieve those, and every metric counts them as misses.
 
 Queries/s counts the work of a query after one-time costs: the model load and the compilations
 (a warm-up pass over a few queries) are reported separately.
@@ -13,9 +16,11 @@ Queries/s counts the work of a query after one-time costs: the model load and th
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from .. import store as store_lib
+from ..errors import DatasetError
 from ..pipeline import read_corpus
 from ..settings.search import ALL_MODES, EvaluateSettings
 from .queries import load_beir
@@ -36,15 +41,23 @@ def score(run: dict[str, dict[str, float]], qrels) -> dict[str, float]:
     return {m: float(agg[ir_measures.parse_measure(m)]) for m in METRICS}
 
 
-def bm25_run(dataset, queries: dict[str, str], k: int) -> tuple[dict, dict]:
-    """BM25 over the dataset's corpus (title + text) with bm25s; returns (run, timings)."""
+def bm25_run(dataset, queries: dict[str, str], k: int,
+             doc_ids: Collection[str] | None = None) -> tuple[dict, dict]:
+    """BM25 over the dataset's corpus (title + text) with bm25s, restricted to ``doc_ids`` when
+    given (a store's own documents, so BM25 and the store's modes rank the same documents);
+    returns (run, timings and the number of documents indexed)."""
     import bm25s
     import Stemmer
 
+    keep = None if doc_ids is None else set(doc_ids)
     ids, texts = [], []
     for doc in read_corpus(Path(dataset), format="beir"):
-        ids.append(doc.id)
-        texts.append(doc.text)
+        if keep is None or doc.id in keep:
+            ids.append(doc.id)
+            texts.append(doc.text)
+    if not ids:
+        raise DatasetError(f"{dataset}: none of the store's documents is in the corpus "
+                           "(is it the dataset the store was embedded from?)")
     stemmer = Stemmer.Stemmer("english")
     t0 = time.perf_counter()
     retriever = bm25s.BM25(k1=1.5, b=0.75)
@@ -57,7 +70,7 @@ def bm25_run(dataset, queries: dict[str, str], k: int) -> tuple[dict, dict]:
     rows, scores = retriever.retrieve(q_tokens, k=min(k, len(ids)), show_progress=False, n_threads=1)
     search_s = time.perf_counter() - t0
     run = {q: {ids[r]: float(s) for r, s in zip(rr, ss) if s > 0} for q, rr, ss in zip(qids, rows, scores)}
-    return run, {"index_seconds": index_s, "queries_per_s": len(qids) / search_s}
+    return run, {"index_seconds": index_s, "queries_per_s": len(qids) / search_s, "docs": len(ids)}
 
 
 def _mode_run(searcher: Searcher, mode: str, queries: dict[str, str], qrels, k: int,
@@ -84,13 +97,14 @@ def evaluate(store_path, dataset, modes=ALL_MODES, *, split: str = _E.split, k: 
     judged_docs = {d for rel in qrels.values() for d in rel}
     report = {"store": str(store_path), "dataset": str(dataset), "split": split,
               "num_queries": len(queries), "k": k, "store_rows": len(store),
+              "judged_docs": len(judged_docs),
               "judged_docs_missing_from_store": len(judged_docs - set(store.ids)), "modes": {}}
     searcher = None
     for mode in modes:
         if progress:
             progress(f"{mode} ...")
         if mode == "bm25":
-            run, timing = bm25_run(dataset, queries, k)
+            run, timing = bm25_run(dataset, queries, k, store.ids)
             report["modes"][mode] = {**score(run, qrels), **timing}
             continue
         if searcher is None:
@@ -107,9 +121,18 @@ def evaluate(store_path, dataset, modes=ALL_MODES, *, split: str = _E.split, k: 
     return report
 
 
+def _missing_line(report: dict) -> str:
+    missing, judged = report["judged_docs_missing_from_store"], report["judged_docs"]
+    if not missing:
+        return f"every judged document ({judged}) is in the store"
+    return (f"{missing} of {judged} judged documents are not in the store: no mode can retrieve "
+            "them (they count as misses); BM25 ranks the store's documents only")
+
+
 def markdown(report: dict) -> str:
     lines = [f"{report['dataset']} ({report['split']}, {report['num_queries']} queries), "
-             f"store {report['store']} ({report['store_rows']} docs)", "",
+             f"store {report['store']} ({report['store_rows']} docs)",
+             _missing_line(report), "",
              "| mode | " + " | ".join(LABELS[m] for m in METRICS) + " | / dense nDCG@10 | queries/s |",
              "|---|" + "---|" * (len(METRICS) + 2)]
     for mode, r in report["modes"].items():

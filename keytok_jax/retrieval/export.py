@@ -15,13 +15,20 @@ mode of :class:`~keytok_jax.retrieval.Searcher` that makes a sparse vector).
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, TextIO
 
 import numpy as np
 
+from ..errors import PathError, SettingsError
 from ..loading import load_tokenizer
-from ..settings.search import ExportSettings
+from ..pipeline.preflight import check_output_file
+from ..settings.search import ExportSettings, check_factor
+from ..store import fileio
 from .queries import read_query_file
 from .searcher import Searcher
 from .sparse import open_store
@@ -71,10 +78,30 @@ def vector(ids, weights, keys: list[str], factor: float) -> tuple[dict[str, int]
     return vec, dropped
 
 
-def _open_out(path):
+@contextmanager
+def _open_out(path, flag: str = "") -> Iterator[TextIO]:
+    """A text file that appears at ``path`` (gzip-compressed for ``.gz``) only when the block
+    ends without an error: written to a temporary file beside it, renamed at the end, removed on
+    an error (a full disk, an interrupt, a refused factor), so ``path`` is never half written."""
+    check_output_file(flag, path, parent_may_be_created=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return gzip.open(path, "wt", encoding="utf-8") if path.suffix == ".gz" else open(path, "w", encoding="utf-8")
+    tmp = fileio.tmp_path(path)
+    try:
+        raw = open(tmp, "wb")
+    except OSError as e:
+        raise PathError(f"{flag + ' ' if flag else ''}{path}: cannot write in {path.parent}: "
+                        f"{e.strerror or e}") from None
+    try:
+        with raw:
+            binary = (gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw)
+                      if path.suffix == ".gz" else raw)
+            with io.TextIOWrapper(binary, encoding="utf-8", newline="") as f:
+                yield f
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _line(doc_id: str, vec: dict[str, int]) -> str:
@@ -83,7 +110,10 @@ def _line(doc_id: str, vec: dict[str, int]) -> str:
 
 def export_store(store, output, tokenizer=None, *, factor: float = _X.factor,
                  batch: int = 4096) -> dict:
-    """Write ``output`` (``.jsonl`` or ``.jsonl.gz``); returns counts."""
+    """Write ``output`` (``.jsonl`` or ``.jsonl.gz``); returns counts. A factor that is not
+    positive and finite, or one at which every stored weight rounds to 0, raises
+    :class:`~keytok_jax.errors.SettingsError` and writes nothing."""
+    check_factor(factor)
     store = open_store(store)
     if tokenizer is None:
         tokenizer = load_tokenizer(store.settings["model"])
@@ -101,6 +131,10 @@ def export_store(store, output, tokenizer=None, *, factor: float = _X.factor,
                 empty += not vec
                 f.write(_line(ids[start + j], vec))
                 docs += 1
+        if docs and empty == docs and dropped:
+            raise SettingsError(f"--factor {factor}: every document's weights round to 0 "
+                                f"({dropped} entries dropped), nothing written; use a larger "
+                                "factor")
     return {"docs": docs, "dropped_entries": dropped, "empty_vectors": empty, "factor": factor}
 
 
@@ -113,6 +147,7 @@ def export_queries(store, queries_file, output, tokenizer=None, *, mode: str = _
                    factor: float = _X.factor) -> int:
     """Write the query vectors of ``queries_file`` (any :func:`read_query_file` format) made by
     a sparse ``mode``, in the documents' vector format; returns how many."""
+    check_factor(factor)
     store = open_store(store)
     if tokenizer is None:
         tokenizer = load_tokenizer(store.settings["model"])
@@ -128,6 +163,7 @@ def export_queries(store, queries_file, output, tokenizer=None, *, mode: str = _
 
 def read_vectors(path, tokenizer, vocab_size: int, factor: float = _X.factor):
     """Read an export back: ``(ids, [token ids], [weights / factor])`` per line."""
+    check_factor(factor)
     opener = gzip.open if str(path).endswith(".gz") else open
     out_ids, out_tok, out_w = [], [], []
     with opener(path, "rt", encoding="utf-8") as f:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from ..errors import SettingsError
 from ..loading import load_model, load_tokenizer
 from ..pipeline import Embedder, EmbedSettings, Shift, model_identity
 from ..settings.search import MODES, QuerySettings, SearchSettings
@@ -162,22 +163,43 @@ class Searcher:
 
     def query_vectors(self, queries: Sequence[str], mode: str, encoded=None) -> sp.csr_array | None:
         """The sparse query vectors ``[queries, vocab]`` a mode searches with (``hybrid``: those
-        of ``hybrid_sparse``; ``dense``: None). ``encoded``: the queries' EmbedOutput, if at hand."""
+        of ``hybrid_sparse``; ``dense``: None). ``encoded``: the queries' EmbedOutput, if at hand.
+        An empty or whitespace-only query gets an empty vector."""
         mode = self.hybrid_sparse if mode == "hybrid" else mode
         if mode == "dense":
             return None
         if mode == "tokens":
             return self.token_vectors(queries)
         encoded = encoded if encoded is not None else self._encoded(queries)
-        return self._aligned_vectors(encoded) if mode == "encode" else self._expanded(queries, encoded)
+        vectors = (self._aligned_vectors(encoded) if mode == "encode"
+                   else self._expanded(queries, encoded))
+        blank = np.array([not q.strip() for q in queries])
+        if blank.any():
+            vectors = (sp.diags_array((~blank).astype(np.float32)) @ vectors).tocsr()
+            vectors.eliminate_zeros()
+        return vectors
 
     # -- search
     def search(self, queries: Sequence[str], mode: str = _S.mode, k: int = _S.k) -> list[QueryResult]:
+        """Each query's hits, best first. An empty or whitespace-only query has no hits in every
+        mode (it is not searched: a dense or encoded empty text would match documents with
+        confident scores that mean nothing)."""
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise SettingsError(f"--mode: must be one of {', '.join(MODES)}, got {mode!r}")
         queries = [queries] if isinstance(queries, str) else list(queries)
-        if not queries:
-            return []
+        live = [i for i, q in enumerate(queries) if q.strip()]
+        results = [self._no_hits(mode) for _ in queries]
+        if live:
+            found = self._search([queries[i] for i in live], mode, k)
+            for i, res in zip(live, found):
+                results[i] = res
+        return results
+
+    def _no_hits(self, mode: str) -> QueryResult:
+        vector = None if mode == "dense" else sp.csr_array((1, self.sparse.vocab_size), dtype=np.float32)
+        return QueryResult([], np.zeros(0, np.int64), vector)
+
+    def _search(self, queries: list[str], mode: str, k: int) -> list[QueryResult]:
         # One model call gives a query's dense vector and its aligned tokens.
         out = self._encoded(queries) if mode != "tokens" else None
         vectors = self.query_vectors(queries, mode, out)

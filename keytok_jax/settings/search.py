@@ -3,6 +3,8 @@
 with every default written once."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 from ..errors import SettingsError
@@ -10,7 +12,7 @@ from .core import setting
 
 __all__ = ["MODES", "SPARSE_MODES", "ALL_MODES", "QUERY_WEIGHTS", "FUSIONS", "RRF_K",
            "SEARCH_FORMATS", "QuerySettings", "SearchSettings", "EvaluateSettings",
-           "ExportSettings"]
+           "ExportSettings", "check_factor"]
 
 MODES = ("tokens", "encode", "expand", "dense", "hybrid")
 SPARSE_MODES = ("tokens", "encode", "expand")       # the modes that make a sparse query vector
@@ -96,3 +98,18 @@ class ExportSettings:
                                          "folder/queries.jsonl)")
     query_mode: str = setting("tokens", "how query vectors are made (see python -m "
                               "keytok_jax.search --help)", choices=SPARSE_MODES)
+
+    def __post_init__(self):
+        check_factor(self.factor)
+        if self.query_mode not in SPARSE_MODES:
+            raise SettingsError(f"--query-mode: must be one of {', '.join(SPARSE_MODES)}, "
+                                f"got {self.query_mode!r}")
+
+
+def check_factor(factor) -> None:
+    """An export's quantization factor is a positive finite number: 0, a negative, NaN or an
+    infinite factor would write every vector empty (or meaningless)."""
+    if (isinstance(factor, bool) or not isinstance(factor, numbers.Real)
+            or not math.isfinite(factor) or factor <= 0):
+        raise SettingsError(f"--factor: must be a positive finite number (impact = "
+                            f"round(weight * factor)), got {factor!r}")

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ...analysis.report import json_default
-from ..common import run_command
+from ..common import new_parser, run_command
 from . import components, contribution, shift, variation
 
 __all__ = ["build_parser", "main"]
@@ -30,8 +30,7 @@ EPILOG = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m keytok_jax.spectral", description=DESCRIPTION,
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("python -m keytok_jax.spectral", DESCRIPTION, epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     components.add_parser(sub)
     variation.add_parser(sub)
@@ -48,5 +47,4 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: _run(args))
+    return run_command(build_parser(), argv, _run)

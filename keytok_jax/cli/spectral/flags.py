@@ -12,6 +12,7 @@ from ...analysis.source import Source
 from ...errors import SettingsError
 from ...loading import DEFAULT_MODEL
 from ...model import ATTENTION_MODES
+from ...pipeline.preflight import check_output_dir
 from ...pooling import POOLING_METHODS
 from ...settings.analysis import (ANALYSIS_PRESET, EMBED_FLAGS, ComponentSettings, RunSettings,
                                   TextSettings, analysis_embedding)
@@ -94,6 +95,8 @@ def source(args: argparse.Namespace, prefix: str = "") -> Source:
 
 
 def output_dir(args: argparse.Namespace) -> Path:
+    """``--output``, created once it is known to be a directory that can be made and written."""
+    check_output_dir("--output", args.output)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     return out
