@@ -4,13 +4,17 @@
     one shard ahead of the device → embed it → write it in a thread → finalize → summary
 
 Each shard is ``shard_size`` consecutive input rows, length-sorted inside the embedder into fixed
-padded shapes, and recorded atomically by the store, so rerunning the same command skips finished
-shards and a rerun with different settings is refused, naming the setting. Which shards this
-process embeds and writes is the :class:`~keytok_jax.pipeline.schedule.ShardSchedule` it is given
-(one process, independent processes, or a mesh spanning processes in lock-step).
+padded shapes, and recorded atomically by the store with a fingerprint of its input rows, so
+rerunning the same command skips finished shards, after checking that each still holds this
+input and matches its checksums (:class:`~keytok_jax.pipeline.schedule.Reuse`), and a rerun with
+different settings is refused, naming the setting. The job holds the store's lock
+(``STORE/.lock``) from start to end, so a second job on the same output is refused. Which shards
+this process embeds and writes is the :class:`~keytok_jax.pipeline.schedule.ShardSchedule` it is
+given (one process, independent processes, or a mesh spanning processes in lock-step).
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,20 +22,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
+from jax.experimental import multihost_utils
+
 from .. import sharding, store
 from ..distributed import barrier, init_distributed
 from ..errors import CorpusError, SettingsError
 from ..loading import load_model
 from ..records import FLAG_REPLACED, Doc, EmbedOutput, ReadStats, TokenizedDoc
-from ..settings import DeviceSettings, InputSettings, JobSettings
+from ..settings import DeviceSettings, InputSettings, JobSettings, OutputSettings
 from .correction import Shift
 from .embedder import Embedder, model_identity
 from .lockstep import shard_schedule
+from .preflight import STDIN, check_job
 from .read import count_docs, read_corpus
-from .schedule import Shards, ShardTask
+from .schedule import Reuse, ShardSchedule, Shards, ShardTask
 
 __all__ = ["run", "Corpus", "Progress", "ShardWrites", "Tally", "open_store", "open_corpus",
-           "embed_shards"]
+           "embed_shards", "take_lock", "input_source"]
+
+log = logging.getLogger("keytok_jax")
 
 
 # ------------------------------------------------------------------ set-up
@@ -53,7 +63,33 @@ def load_job_model(job: JobSettings, processes: int):
     return load_model(job.model.model, dtype=job.model.dtype, mesh=mesh, cache=processes == 1)
 
 
-def open_store(job: JobSettings, model, shift: Shift | None, source: Path) -> store.StoreWriter:
+def input_source(input: str) -> Path | str:
+    """The corpus path as the store records it: absolute, or ``-`` for standard input."""
+    return input if input == STDIN else Path(input).resolve()
+
+
+def take_lock(output, process: int, processes: int) -> store.StoreLock | None:
+    """The store's lock, held by process 0 for the whole job (the processes of one job share
+    the store); every process fails when process 0 cannot take it."""
+    lock, error = None, None
+    if process == 0:
+        try:
+            lock = store.StoreLock.acquire(output)
+        except store.StoreError as e:
+            error = e
+    if processes > 1:
+        ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not int(ok) and error is None:
+            raise store.StoreError(f"{output}: process 0 of this job could not take the store's "
+                                   "lock (its error names the reason)")
+    if error is not None:
+        raise error
+    if lock is not None and lock.taken_over:
+        log.warning("%s", lock.taken_over_message())
+    return lock
+
+
+def open_store(job: JobSettings, model, shift: Shift | None, source) -> store.StoreWriter:
     """Create the store, or resume it when its recorded settings are these."""
     settings, inp, out = job.embed, job.input, job.output
     recorded = {
@@ -73,10 +109,11 @@ class Corpus:
     """The input as the job reads it."""
     docs: Iterator[Doc]
     stats: ReadStats
-    total: int  # documents to embed: exact for valid input, an upper bound with rejected lines
+    total: int | None  # documents to embed: exact for valid input, an upper bound with rejected
+    # lines, None when unknown (standard input)
 
 
-def open_corpus(inp: InputSettings, output, source: Path, process: int) -> Corpus:
+def open_corpus(inp: InputSettings, output, source, process: int) -> Corpus:
     rejects = inp.rejects or (str(Path(output)) + ".rejects.jsonl")
     if process != 0:
         rejects = os.devnull   # every process reads the whole corpus; process 0 writes the rejects
@@ -87,7 +124,7 @@ def open_corpus(inp: InputSettings, output, source: Path, process: int) -> Corpu
                        stats=stats, **reader_kw)
     total = count_docs(source, **reader_kw)
     if inp.limit is not None:
-        total = min(total, inp.limit)
+        total = inp.limit if total is None else min(total, inp.limit)
     return Corpus(docs, stats, total)
 
 
@@ -97,7 +134,7 @@ class Progress:
     """The progress bar (none when ``show`` is false): documents, real tokens per second and
     the padding of the batches whose results arrived."""
 
-    def __init__(self, total: int, show: bool, process: int, processes: int):
+    def __init__(self, total: int | None, show: bool, process: int, processes: int):
         self.bar = None
         self.real_tokens = self.padded_tokens = 0
         self.t0 = time.perf_counter()
@@ -136,12 +173,17 @@ class ShardWrites:
         self.futures: list[Future] = []
 
     def submit(self, index: int, docs: list[Doc], out: EmbedOutput) -> None:
-        if not self.enabled:
-            return
+        if self.enabled:
+            self.futures.append(self.pool.submit(self._write, index, docs, out))
+
+    def _write(self, index: int, docs: list[Doc], out: EmbedOutput) -> None:
+        """Record the shard with its counters and the fingerprint of its input rows."""
+        ids = [d.id for d in docs]
         counters = {"replaced": int(sum(1 for d in docs if d.flags & FLAG_REPLACED))}
-        self.futures.append(self.pool.submit(
-            self.writer.write_shard, index, [d.id for d in docs], out.token_ids, out.token_weights,
-            out.lengths, out.flags, out.dense if self.dense else None, counters=counters))
+        fingerprint = store.input_fingerprint(ids, [d.text for d in docs], [d.flags for d in docs])
+        self.writer.write_shard(index, ids, out.token_ids, out.token_weights, out.lengths,
+                                out.flags, out.dense if self.dense else None, counters=counters,
+                                input=fingerprint)
 
     def wait(self) -> None:
         for f in self.futures:
@@ -155,6 +197,7 @@ class ShardWrites:
 class Tally:
     reused: int = 0  # shards an earlier run recorded
     embedded_docs: int = 0
+    recomputed: int = 0  # recorded shards redone (input changed or files damaged, --recompute)
 
 
 def tokenize_shard(embedder: Embedder, docs: list[Doc]) -> list[TokenizedDoc]:
@@ -205,14 +248,35 @@ def embed_shards(embedder: Embedder, tasks: Iterable[ShardTask], writes: ShardWr
 
 # ------------------------------------------------------------------ the end
 
-def finalize(writer: store.StoreWriter, num_shards: int, process: int, output) -> dict:
-    """The manifest, once every process has recorded its shards; process 0 finalizes."""
+def trim(writer: store.StoreWriter, shards: Shards, recompute: bool) -> None:
+    """Refuse (or, with ``recompute``, drop) records past the input's last shard: the input
+    shrank since they were written."""
+    extra = sorted(i for i in writer.done_shards() if i >= shards.count)
+    if not extra:
+        return
+    if not recompute:
+        raise store.InputChangedError(
+            f"{writer.path}: the store holds shards {extra[0]} to {extra[-1]}, but the input now "
+            f"ends with shard {shards.count - 1} ({shards.rows} documents): the input changed "
+            "since those shards were recorded. Write to a new --output, or rerun with "
+            "--recompute to drop them.")
+    writer.drop_shards_from(shards.count)
+
+
+def finalize(writer: store.StoreWriter, shards: Shards, process: int, out: OutputSettings) -> dict:
+    """The manifest, once every process has recorded its shards; process 0 drops records past
+    the input's end (or refuses them) and finalizes. A finished store has one row per document
+    read."""
     barrier("shards written")
     if process == 0:
-        manifest = writer.finalize(num_shards)
+        trim(writer, shards, bool(out.recompute))
+        manifest = writer.finalize(shards.count)
     barrier("finalized")
     if process != 0:
-        manifest = store.open(output).manifest
+        manifest = store.open(out.output).manifest
+    if manifest["num_rows"] != shards.rows:
+        raise store.StoreError(f"{out.output}: the store holds {manifest['num_rows']} rows but "
+                               f"{shards.rows} documents were read")
     return manifest
 
 
@@ -224,7 +288,8 @@ def summary(output, embedder: Embedder, manifest: dict, num_shards: int, tally: 
         "store": str(output), "mesh": embedder.model.load_info.get("mesh") or "single device",
         **({"process": f"{process} of {processes}"} if processes > 1 else {}),
         "rows": manifest["num_rows"], "shards": num_shards,
-        "shards_reused": tally.reused, "docs_embedded": tally.embedded_docs,
+        "shards_reused": tally.reused, "shards_recomputed": tally.recomputed,
+        "docs_embedded": tally.embedded_docs,
         "real_tokens": st.real_tokens, "padded_tokens": st.padded_tokens,
         "padding_fraction": round(st.padding_fraction, 4),
         "truncated": counters["truncated"], "empty": counters["empty"],
@@ -239,12 +304,27 @@ def summary(output, embedder: Embedder, manifest: dict, num_shards: int, tally: 
 
 def run(job: JobSettings | dict) -> dict:
     """Embed ``job.input.input`` into the store ``job.output.output``; returns the summary.
-    ``job`` may also be the flat dict of :func:`keytok_jax.cli.embed.resolve_options`."""
+    ``job`` may also be the flat dict of :func:`keytok_jax.cli.embed.resolve_options`.
+    Settings and paths are checked before anything loads or is written; the store's lock is held
+    from before the model loads to the end."""
     if not isinstance(job, JobSettings):
         job = JobSettings.from_options(job)
+    check_job(job)
     t_start = time.perf_counter()
-    shift = Shift.load(job.model.shift) if job.model.shift else None
     process, processes = start_processes(job.devices)
+    lock = take_lock(job.output.output, process, processes)
+    try:
+        result = _run_locked(job, process, processes, t_start)
+    finally:
+        if lock is not None:
+            lock.release()
+    if lock is not None and lock.taken_over:
+        result["lock"] = lock.taken_over_message()
+    return result
+
+
+def _run_locked(job: JobSettings, process: int, processes: int, t_start: float) -> dict:
+    shift = Shift.load(job.model.shift) if job.model.shift else None
     model = load_job_model(job, processes)
     load_seconds = time.perf_counter() - t_start
     if shift is not None:
@@ -252,17 +332,27 @@ def run(job: JobSettings | dict) -> dict:
     embedder = Embedder(model, job.embed, shift=shift, batch_tokens=job.speed.batch_tokens,
                         vocab_chunk=job.speed.vocab_chunk)
     schedule = shard_schedule(embedder.mesh, process, processes)
-    source = Path(job.input.input).resolve()
+    source = input_source(job.input.input)
     writer = open_store(job, model, shift, source)
-    done = writer.done_shards()
     corpus = open_corpus(job.input, job.output.output, source, process)
     shards = Shards(corpus.docs, writer.shard_size, job.input.limit)
-    progress = Progress(schedule.owned_rows(corpus.total, writer.shard_size),
-                        not job.speed.no_progress, process, processes)
-    tally = embed_shards(embedder, schedule.tasks(shards, done),
-                         ShardWrites(writer, schedule.writes, bool(job.output.dense)), progress)
+    tally = embed_corpus(embedder, writer, schedule, job, corpus, shards, process, processes)
     if shards.count == 0:
         raise CorpusError(f"{source}: no documents to embed")
-    manifest = finalize(writer, shards.count, process, job.output.output)
+    manifest = finalize(writer, shards, process, job.output)
     return summary(job.output.output, embedder, manifest, shards.count, tally, corpus, process,
                    processes, load_seconds, time.perf_counter() - t_start)
+
+
+def embed_corpus(embedder: Embedder, writer: store.StoreWriter, schedule: ShardSchedule,
+                 job: JobSettings, corpus: Corpus, shards: Shards, process: int,
+                 processes: int) -> Tally:
+    """Every shard of this process: the recorded ones checked and reused (or redone), the
+    others embedded and written."""
+    reuse = Reuse(writer, schedule, bool(job.output.recompute))
+    progress = Progress(schedule.owned_rows(corpus.total, writer.shard_size),
+                        not job.speed.no_progress, process, processes)
+    tally = embed_shards(embedder, schedule.tasks(reuse.check(shards), reuse),
+                         ShardWrites(writer, schedule.writes, bool(job.output.dense)), progress)
+    tally.recomputed = reuse.recomputed
+    return tally

@@ -136,6 +136,11 @@ class OutputSettings:
     shard_size: int = setting(1024, "rows per shard = unit of resume")
     resume: bool = setting(False, "resume an existing store (the default behaviour; kept for "
                            "explicitness)")
+    recompute: bool = setting(False, "when resuming, redo the recorded shards that cannot be "
+                              "trusted instead of stopping: those whose input rows changed "
+                              "since they were written, whose record has no input fingerprint "
+                              "(older stores), or whose files no longer match their checksums; "
+                              "records past the end of a shrunk input are dropped")
     summary_json: str | None = setting(None, "also write the final summary to this JSON file")
 
 
