@@ -157,6 +157,11 @@ def test_unwritable_rejects_and_summary_json(capsys, corpus, base, tmp_path):
     one_error(capsys, "--summary-json", "not a directory")
     assert embed_main(run + ["--summary-json", str(tmp_path / "no-dir" / "s.json")]) == 2
     one_error(capsys, "--summary-json", "does not exist")
+    assert embed_main(run + ["--rejects", str(bad)]) == 2          # would append to the corpus
+    one_error(capsys, "--rejects", "is the input corpus")
+    assert embed_main(run + ["--summary-json", str(bad)]) == 2     # would overwrite it
+    one_error(capsys, "--summary-json", "is the input corpus")
+    assert bad.read_text() == corpus.read_text() + "not json\n"
     # Refused at the start: no store, no rejects file, however long the embedding would be.
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "file"]
 
@@ -175,16 +180,18 @@ def _fail_on_shard_record(monkeypatch, exc):
     monkeypatch.setattr(fileio, "atomic_write", atomic_write)
 
 
-@pytest.mark.parametrize("exc, code, text", [
-    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), 2, "No space left on device"),
-    (KeyboardInterrupt(), EXIT_INTERRUPTED, "error: interrupted"),
+@pytest.mark.parametrize("exc, code, texts", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), 2,
+     ("--output", "No space left on device", "rerun the same command")),
+    (KeyboardInterrupt(), EXIT_INTERRUPTED, ("error: interrupted",)),
 ])
 def test_full_disk_or_interrupt_while_writing_a_shard(capsys, monkeypatch, corpus, base, tmp_path,
-                                                      clean_store, exc, code, text):
+                                                      clean_store, exc, code, texts):
+    """A write() on a full disk raises ENOSPC without a file name; the line names the store."""
     out = tmp_path / "store"
     _fail_on_shard_record(monkeypatch, exc)
     assert embed_main(base + ["--input", str(corpus), "--output", str(out)]) == code
-    one_error(capsys, text)
+    one_error(capsys, *texts, *([str(out)] if code == 2 else []))
     with pytest.raises(store_lib.StoreIncompleteError):
         store_lib.open(out)
     monkeypatch.undo()
@@ -312,3 +319,35 @@ def test_search_query_errors(capsys, clean_store, tmp_path):
     one_error(capsys, "--queries", "no such file")
     assert search_main(["--store", str(clean_store), "--query", "x", "--mode", "nope"]) == 2
     one_error(capsys, "--mode", "invalid choice")
+
+
+def test_analysis_commands_check_paths_before_creating_output(capsys, tmp_path):
+    from keytok_jax.sts import main as sts_main
+
+    out = tmp_path / "out"
+    assert spectral_main(["components", "--texts", str(tmp_path / "t.txt"), "--output",
+                          str(out)]) == 2
+    one_error(capsys, "--texts", "no such file")
+    assert spectral_main(["contribution", "--text", "hello", "--direction",
+                          str(tmp_path / "v.npz"), "--output", str(out)]) == 2
+    one_error(capsys, "--direction", "no such file")
+    assert spectral_main(["components", "--texts", str(tmp_path), "--config",
+                          str(tmp_path / "p.yaml"), "--output", str(out)]) == 2
+    one_error(capsys, "p.yaml", "cannot read the preset")
+    assert sts_main([str(tmp_path / "sts-test.csv")]) == 2
+    one_error(capsys, "sts-test.csv", "no such file")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_error_line_is_one_line():
+    from keytok_jax.cli.common import error_line
+    from keytok_jax.errors import KeytokError
+
+    # A library's multi-line text quoted in a message is joined; indented detail lines stay.
+    assert error_line(KeytokError("m: cannot load (hub said: no\nnetwork). Offline?")) == \
+        "error: m: cannot load (hub said: no network). Offline?"
+    assert error_line(KeytokError("s: 2 problems:\n  a\n  b")) == "error: s: 2 problems:\n  a\n  b"
+    assert error_line(FileNotFoundError(errno.ENOENT, "No such file or directory", "f")) == \
+        "error: f: No such file or directory"
+    assert error_line(OSError(errno.ENOSPC, "No space left on device")) == \
+        "error: No space left on device"

@@ -4,7 +4,8 @@ flags generated from the settings classes, and printing of key/value summaries.
 Errors (every command, through :func:`run_command`): an expected failure -- a bad or missing flag,
 a setting that cannot be used, a missing or unreadable file, a permission, a read-only or full
 disk, a path that is not a directory, a missing, incomplete or damaged store, bad input -- is
-printed as one line ``error: <path or flag>: <problem>`` on standard error and the command exits
+printed as one line ``error: <path or flag>: <problem>`` on standard error (followed only by
+indented lines when it lists several problems, as a damaged store's) and the command exits
 with status 2. Ctrl-C prints ``error: interrupted`` and exits with 130 (128 + SIGINT, what shells
 report for an interrupted command); a store being written is left resumable. A traceback is
 printed only with ``--debug`` (every command takes it) or the environment variable
@@ -72,6 +73,9 @@ def error_line(e: BaseException) -> str:
         message = ": ".join(names + [e.strerror])
     elif not message:
         message = type(e).__name__
+    # One line: line breaks inside a message (often a library's text quoted in ours) become
+    # spaces; only indented detail lines (a list of problems, e.g. a damaged store's) stay.
+    message = re.sub(r"\s*\n(?![ \t])\s*", " ", message.strip())
     return message if message.startswith("error:") else f"error: {message}"
 
 

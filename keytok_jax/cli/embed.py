@@ -12,11 +12,12 @@ Settings come from the defaults, then ``--config FILE.yaml`` (see configs/), the
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 from pathlib import Path
 
+from ..errors import PathError
 from ..pipeline.job import run
-from ..pipeline.preflight import check_job
 from ..settings import JOB_GROUPS, JOB_PRESET, JobSettings, defaults, resolve
 from .common import add_settings, new_parser, print_table, run_command
 
@@ -51,10 +52,26 @@ def resolve_options(argv=None) -> dict:
     return options_from_args(build_parser().parse_args(argv))
 
 
+# OS errors that only writing raises: without a file name (a write() or a flush on a full disk
+# has none) they are about the store, the only large thing the job writes.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def _run_job(job: JobSettings) -> dict:
+    """:func:`keytok_jax.pipeline.job.run` (which checks paths and flags before the model loads),
+    a nameless write error named after the store."""
+    try:
+        return run(job)
+    except OSError as e:
+        if e.filename is None and e.errno in WRITE_ERRNOS:
+            raise PathError(f"--output {job.output.output}: {e.strerror} (the finished shards "
+                            "are kept: make room and rerun the same command)") from e
+        raise
+
+
 def _embed(args: argparse.Namespace) -> int:
     job = JobSettings.from_options(options_from_args(args))
-    check_job(job)      # paths and flags, before the model loads or the store is created
-    summary = run(job)
+    summary = _run_job(job)
     print_table(summary)
     if job.output.summary_json:
         Path(job.output.summary_json).write_text(json.dumps(summary, indent=2))

@@ -14,7 +14,7 @@ store behind (which would then refuse the corrected command).
 - ``--rejects`` (with ``--on-error skip``; default ``STORE.rejects.jsonl``) and ``--summary-json``:
   a directory, a path under a regular file, a parent that does not exist (the default rejects file
   sits beside the store, whose parent is created with it) or is not writable, an existing file that
-  is not writable. The files themselves are not created here.
+  is not writable, the input corpus itself. The files themselves are not created here.
 - ``--shift``: missing or unreadable.
 - numbers that cannot work: ``--shard-size``, ``--batch-tokens``, ``--vocab-chunk``, ``--limit``,
   ``--matryoshka-dim`` below 1; ``--global-mesh`` without ``--mesh``.
@@ -30,12 +30,11 @@ from pathlib import Path
 
 from ..errors import CorpusError, PathError, SettingsError
 from ..settings import InputSettings, JobSettings
-from .read_formats import FORMATS, detect_format, parquet_columns, parquet_file
+from .read_formats import FORMATS, STDIN, detect_format, parquet_columns, parquet_file
 
 __all__ = ["check_job", "check_input", "check_readable_file", "check_output_dir",
            "check_output_file", "STDIN"]
 
-STDIN = "-"
 BEIR_CORPUS_FILES = ("corpus.jsonl", "corpus.jsonl.gz")
 
 
@@ -54,8 +53,10 @@ def check_job(job: JobSettings) -> None:
         else:
             check_output_file("--rejects", str(Path(output)) + ".rejects.jsonl",
                               parent_may_be_created=True)
+        _not_the_input("--rejects", job.input.rejects, job.input.input)
     if job.output.summary_json:
         check_output_file("--summary-json", job.output.summary_json)
+        _not_the_input("--summary-json", job.output.summary_json, job.input.input)
     if job.model.shift:
         check_readable_file("--shift", job.model.shift)
 
@@ -70,6 +71,16 @@ def _check_numbers(job: JobSettings) -> None:
             raise SettingsError(f"{flag}: must be a positive integer, got {value!r}")
     if job.devices.global_mesh and not job.devices.mesh:
         raise SettingsError("--global-mesh: needs --mesh (e.g. --mesh data=2,model=4)")
+
+
+def _not_the_input(flag: str, path, input_path) -> None:
+    """A file the job writes must not be its corpus (appending rejects to it, or overwriting it
+    with the summary, would destroy the input)."""
+    if not path or str(input_path) == STDIN:
+        return
+    inputs = [Path(input_path)] + [Path(input_path) / n for n in BEIR_CORPUS_FILES]
+    if any(p.exists() and Path(path).exists() and os.path.samefile(p, path) for p in inputs):
+        raise PathError(f"{_where(flag, path)}: is the input corpus; give another file")
 
 
 def check_input(inp: InputSettings) -> None:

@@ -48,8 +48,8 @@ def _write_variant(acc: StreamingMoments, centered: bool, args, out, model, deco
 
 
 def run(args: argparse.Namespace) -> dict:
+    src = source(args)      # settings and paths checked before --output is created
     out = output_dir(args)
-    src = source(args)
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     acc = stream_components(src, args.precision)

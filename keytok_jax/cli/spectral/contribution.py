@@ -12,6 +12,7 @@ from ...analysis.shift import contribution
 from ...errors import SettingsError
 from ...loading import DEFAULT_MODEL, load_model
 from ...pipeline import Embedder, EmbedSettings, Shift
+from ...pipeline.preflight import check_readable_file
 from ...settings.analysis import ContributionSettings, RunSettings
 from ..common import add_settings
 from .flags import add_model_flags, output_dir, plots_or_none, role_embedding
@@ -42,10 +43,11 @@ def _direction(path: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> dict:
-    out = output_dir(args)
     if not args.text:
-        raise SettingsError("give at least one --text")
+        raise SettingsError("--text: give at least one")
+    check_readable_file("--direction", args.direction)   # paths before the model and --output
     model_name, settings = role_embedding(args)
+    out = output_dir(args)
     model_name = model_name or DEFAULT_MODEL
     model = load_model(model_name, dtype=args.dtype)
     dense = Embedder(model, EmbedSettings(**settings)).encode(args.text)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ...analysis import plots
 from ...analysis.source import Source
-from ...errors import SettingsError
+from ...errors import PathError, SettingsError
 from ...loading import DEFAULT_MODEL
 from ...model import ATTENTION_MODES
 from ...pipeline.preflight import check_output_dir
@@ -89,7 +89,9 @@ def source(args: argparse.Namespace, prefix: str = "") -> Source:
     if store:
         return Source(store=store, model=model, texts_for_store=args.store_texts or args.texts, **common)
     if not args.texts:
-        raise SettingsError(f"give --texts or --{prefix}store")
+        raise SettingsError(f"--texts: give --texts or --{prefix}store")
+    if not Path(args.texts).exists():
+        raise PathError(f"--texts {args.texts}: no such file or directory")
     return Source(texts=args.texts, model=model, settings=settings,
                   batch_tokens=args.batch_tokens, **common)
 

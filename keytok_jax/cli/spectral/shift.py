@@ -88,9 +88,9 @@ def _plot_examples(out: Path, stem: str, res: dict, args, title: str) -> None:
 
 
 def run_align(args: argparse.Namespace) -> dict:
-    out = output_dir(args)
-    src = source(args)
+    src = source(args)      # settings and paths checked before --output is created
     shift = Shift.load(args.shift) if args.shift else None
+    out = output_dir(args)
     model = src.model
     t0 = time.perf_counter()
     res = _align(src.batches(with_texts=True), model, args, out / "align.csv", shift)
@@ -114,8 +114,8 @@ def _components(src: Source, args, out: Path, spill: Spill | None):
 
 
 def run_shift(args: argparse.Namespace) -> dict:
+    src = source(args)      # settings and paths checked before --output is created
     out = output_dir(args)
-    src = source(args)
     t0 = time.perf_counter()
     spill = Spill(src.dim, out) if not args.components and src.store is None else None
     try:

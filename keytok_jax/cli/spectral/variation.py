@@ -58,9 +58,9 @@ def _moments(src: Source, precision: str) -> tuple[StreamingMoments, bytes]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    out = output_dir(args)
-    back = source(args, "backbone-")
+    back = source(args, "backbone-")    # settings and paths checked before --output is created
     emb = source(args, "embedder-")
+    out = output_dir(args)
     emb.share_model(back)
     if back.dim != emb.dim:
         raise SettingsError(f"backbone dim {back.dim} != embedder dim {emb.dim}")
