@@ -79,7 +79,7 @@ def test_input_edited_after_a_duplicate_stop_is_refused_then_recomputed(embed, t
     out = tmp_path / "store"
     rc, err, _ = embed(corpus, out)
     assert rc == 2 and "duplicate id 'd1'" in err
-    assert store_lib.StoreWriter.create_or_resume  # (the store exists, incomplete)
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False
     recorded = {p.name for p in (out / "shards").iterdir()}
     assert recorded == {"shard-000000.json"}   # shard 0 = d0, d1 was recorded before the stop
 
