@@ -32,8 +32,9 @@ USER_ERRORS = (KeytokError, ValueError, OSError, EOFError)
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEBUG_ENV = "KEYTOK_DEBUG"
-DEBUG_HELP = (f"on an error, also print the Python traceback (or set {DEBUG_ENV}=1); without it "
-              "an expected error is one line 'error: <path or flag>: <problem>', exit status 2")
+DEBUG_HELP = (f"on an error, also print the Python traceback (or set {DEBUG_ENV}=1). Without it "
+              "an expected error is one line 'error: <path or flag>: <problem>' and exit status "
+              "2; Ctrl-C is 'error: interrupted' and exit status 130")
 
 
 class UsageError(SettingsError):

@@ -5,6 +5,10 @@ format Anserini indexes into a Lucene impact index (``-collection JsonVectorColl
 -pretokenized``) and Pyserini searches with ``LuceneImpactSearcher``. Lucene impacts are positive
 integers, so weights are quantized: ``round(weight * factor)`` (``--factor``, default 100, the
 factor Pyserini's SPLADE examples use); entries that round to 0 or below are left out and counted.
+A factor that is not a positive finite number raises :class:`~keytok_jax.errors.SettingsError`,
+and so does one at which every stored weight rounds to 0 (every vector would be empty). The file
+is written under a temporary name beside ``output`` and renamed when complete, so an error (a full
+disk, Ctrl-C, a refused factor) leaves no partial file.
 
 Token keys are the tokenizer's vocabulary strings (``convert_ids_to_tokens``: ``Ġword`` for
 byte-level BPE, ``▁word`` for SentencePiece), which are unique per id and hold no whitespace for

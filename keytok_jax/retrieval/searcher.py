@@ -13,6 +13,9 @@
             ``dense``, each list cut at ``depth``.
 
 Results are ``[(doc_id, score), ...]`` per query, best first; equal scores go to the lower store row.
+An empty or whitespace-only query has no hits in every mode, and an empty sparse vector: it is
+not searched (the model would embed the bare prompt, whose dense and aligned-token matches are
+confident scores that mean nothing).
 """
 from __future__ import annotations
 

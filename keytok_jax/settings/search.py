@@ -91,7 +91,9 @@ class ExportSettings:
     store: str | None = setting(None, "store written by python -m keytok_jax.embed", required=True)
     output: str | None = setting(None, "documents file (.jsonl, or .jsonl.gz compressed)",
                                  required=True)
-    factor: float = setting(100.0, "quantization: impact = round(weight * factor)")
+    factor: float = setting(100.0, "quantization: impact = round(weight * factor); a positive "
+                            "finite number (0, negative, nan or inf are refused, and so is a "
+                            "factor at which every weight rounds to 0)")
     queries: str | None = setting(None, "also export these queries (BEIR queries.jsonl, .tsv or "
                                   "one per line)")
     queries_output: str | None = setting(None, "where the query vectors go (default OUTPUT's "
