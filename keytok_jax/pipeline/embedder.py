@@ -3,6 +3,17 @@
 :class:`Embedder` holds the three stages for one model and settings; ``embed_tokenized`` runs a
 window of tokenized texts through the plan and the device step, and ``encode`` is the
 sentence-transformers / MTEB entry point over raw texts.
+
+Model limits. A model with learned absolute position embeddings (GPT-2, GPT-Neo, OPT: families
+without rotary positions) has one embedding per position, ``config.max_positions`` of them; a
+longer sequence would read past the table (NaN under jit). ``max_length`` above it is refused when
+the Embedder is built (:func:`position_limit`), naming both numbers. Rotary families (Llama,
+Mistral, Qwen2, GPT-NeoX, Gemma3) have no table: positions beyond ``max_position_embeddings`` (the
+trained context) compute finite values, extrapolated, so they are accepted.
+
+Outputs are checked as each batch's results reach the host (:func:`check_outputs`): a NaN or
+infinite dense value or token weight, or a token id outside ``[-1, vocab_size)``, raises
+:class:`EmbedError` naming the texts, instead of reaching a store or a caller.
 """
 from __future__ import annotations
 
@@ -15,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import sharding
-from ..errors import SettingsError
+from ..errors import KeytokError, SettingsError
 from ..loading import load_model
 from ..model import KeytokModel
 from ..records import FLAG_EMPTY, Batch, EmbedOutput, TokenizedDoc
@@ -26,7 +37,11 @@ from .plan import Shapes, pad_batch, seq_buckets
 from .step import RunStats, Step
 from .tokenize import DocTokenizer
 
-__all__ = ["Embedder", "model_identity"]
+__all__ = ["Embedder", "EmbedError", "model_identity", "position_limit", "check_outputs"]
+
+# The Hugging Face config field holding each learned-position family's limit (for messages).
+_POSITION_FIELDS = {"gpt2": "n_positions"}
+_SHOWN_ROWS = 10
 
 
 def model_identity(model: KeytokModel) -> dict:
@@ -36,10 +51,22 @@ def model_identity(model: KeytokModel) -> dict:
             "files": [[Path(f).name, Path(f).stat().st_size] for f in model.load_info["files"]]}
 
 
+def position_limit(config) -> int | None:
+    """The most tokens a text may have for this model: ``max_positions`` for learned absolute
+    position embeddings (no rotary table: GPT-2, GPT-Neo, OPT), None (no hard limit) for rotary
+    families."""
+    return config.max_positions if config.rope is None else None
+
+
 def _check(model: KeytokModel, settings: EmbedSettings, shift: Shift | None) -> None:
     """Refuse settings this model cannot embed with."""
     if model.tokenizer is None:
         raise SettingsError(f"{model.source} has no tokenizer; the embedder needs one")
+    limit = position_limit(model.config)
+    if limit is not None and settings.max_length > limit:
+        field = _POSITION_FIELDS.get(model.config.family, "max_position_embeddings")
+        raise SettingsError(f"--max-length {settings.max_length} exceeds the model's {limit} "
+                            f"positions ({field}); use --max-length {limit} or less")
     if settings.top_k > model.config.vocab_size:
         raise SettingsError(f"top_k={settings.top_k} exceeds the vocabulary ({model.config.vocab_size})")
     md, dim = settings.matryoshka_dim, model.config.output_dim
@@ -48,6 +75,49 @@ def _check(model: KeytokModel, settings: EmbedSettings, shift: Shift | None) -> 
     if shift is not None and shift.direction.shape != (dim,):
         raise SettingsError(f"shift direction has shape {shift.direction.shape}, the model's "
                             f"embeddings have dim {dim}")
+
+
+class EmbedError(KeytokError):
+    """The device step gave NaN/inf values or out-of-range token ids for some texts.
+
+    ``problems`` maps what is wrong (e.g. ``"non-finite dense values"``) to the texts' indices
+    (in the window given to :meth:`Embedder.embed_tokenized`; in ``encode``: in its input);
+    :meth:`named` gives the same error naming each text (e.g. by ``FILE:LINE``)."""
+
+    def __init__(self, problems: dict[str, list], names=None):
+        self.problems = {what: [int(r) for r in rows] for what, rows in problems.items()}
+        self.rows = sorted({r for rows in self.problems.values() for r in rows})
+        self.names = names
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        def show(rows):
+            shown = [str(self.names[r]) if self.names is not None else str(r) for r in rows]
+            more = f", ... ({len(rows)} texts)" if len(rows) > _SHOWN_ROWS else ""
+            return ", ".join(shown[:_SHOWN_ROWS]) + more
+        parts = "; ".join(f"{what} for texts {show(rows)}" for what, rows in self.problems.items())
+        return (f"the model gave unusable outputs: {parts} (NaN/inf in its weights, or an "
+                "overflow of its dtype: bfloat16 models may need --dtype float32)")
+
+    def shifted(self, offset: int) -> "EmbedError":
+        """The same error with every index moved by ``offset``."""
+        return EmbedError({w: [r + offset for r in rows] for w, rows in self.problems.items()})
+
+    def named(self, names) -> "EmbedError":
+        """The same error naming text ``i`` as ``names[i]``."""
+        return EmbedError(self.problems, names)
+
+
+def check_outputs(dense: np.ndarray, ids: np.ndarray, weights: np.ndarray, vocab_size: int,
+                  rows: np.ndarray) -> None:
+    """Raise :class:`EmbedError` when a row of ``dense [m, D]`` or ``weights [m, k]`` holds NaN/inf
+    or one of ``ids [m, k]`` lies outside ``[-1, vocab_size)``; row ``j`` is text ``rows[j]``."""
+    checks = {"non-finite dense values (NaN/inf)": ~np.isfinite(dense).all(axis=1),
+              "non-finite token weights (NaN/inf)": ~np.isfinite(weights).all(axis=1),
+              f"token ids outside [-1, {vocab_size})": ((ids < -1) | (ids >= vocab_size)).any(axis=1)}
+    problems = {what: rows[bad].tolist() for what, bad in checks.items() if bad.any()}
+    if problems:
+        raise EmbedError(problems)
 
 
 @dataclass
@@ -160,7 +230,9 @@ class Embedder:
     def _collect(self, done: _InFlight, out: EmbedOutput, on_batch) -> None:
         dense, ids, weights = (np.asarray(self.feed.local(a)) for a in done.result)
         rows, m = done.rows, len(done.rows)
-        out.dense[rows], out.token_ids[rows], out.token_weights[rows] = dense[:m], ids[:m], weights[:m]
+        dense, ids, weights = dense[:m], ids[:m], weights[:m]
+        check_outputs(dense, ids, weights, self.model.config.vocab_size, rows)
+        out.dense[rows], out.token_ids[rows], out.token_weights[rows] = dense, ids, weights
         if on_batch is not None and m:
             on_batch(m, int(out.lengths[rows].sum()), done.padded)
 
@@ -180,7 +252,7 @@ class Embedder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="encode", unit="window")
-        parts = [self.embed_tokenized(self.tokenize(texts[s: s + window])) for s in starts]
+        parts = [self._encode_window(texts, s, window) for s in starts]
         if parts:
             result = EmbedOutput(*(np.concatenate([getattr(p, f.name) for p in parts])
                                    for f in dataclasses.fields(EmbedOutput)))
@@ -189,3 +261,9 @@ class Embedder:
         if output_value is None:
             return result
         return result.dense[0] if single else result.dense
+
+    def _encode_window(self, texts: list[str], start: int, window: int) -> EmbedOutput:
+        try:
+            return self.embed_tokenized(self.tokenize(texts[start: start + window]))
+        except EmbedError as e:   # name the texts by their index in encode's input
+            raise e.shifted(start) from None
