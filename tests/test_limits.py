@@ -203,7 +203,9 @@ def test_nan_outputs_through_the_cli_write_nothing(tmp_path, capsys):
     rc = embed_main(["--model", str(folder), "--input", str(corpus), "--output", str(out),
                      "--max-length", "32", "--top-k", "4", "--no-progress"])
     assert rc == 2
-    one_error(capsys, "the model gave unusable outputs", "non-finite dense values (NaN/inf) for texts 2")
+    # the job names the texts by FILE:LINE (the third document of the corpus)
+    one_error(capsys, "the model gave unusable outputs",
+              "non-finite dense values (NaN/inf) for texts ", f"{corpus.name}:3 (")
     # Nothing was recorded: the store (if created) holds no shard and is not complete.
     assert not list(out.glob("shards/*.json"))
     with pytest.raises(store_lib.StoreError):

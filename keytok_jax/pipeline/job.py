@@ -32,7 +32,7 @@ from ..loading import load_model
 from ..records import FLAG_REPLACED, Doc, EmbedOutput, ReadStats, TokenizedDoc
 from ..settings import DeviceSettings, InputSettings, JobSettings, OutputSettings
 from .correction import Shift
-from .embedder import Embedder, model_identity
+from .embedder import EmbedError, Embedder, model_identity
 from .lockstep import shard_schedule
 from .preflight import STDIN, check_job
 from .read import count_docs, read_corpus
@@ -212,7 +212,10 @@ def embed_shard(embedder: Embedder, task: ShardTask, tokenized: Future, writes: 
                 progress: Progress) -> int:
     """Embed one shard (a filler embeds nothing, in step with the others) and queue its write;
     returns the documents embedded."""
-    out = embedder.embed_tokenized(tokenized.result(), on_batch=progress.batch_done)
+    try:
+        out = embedder.embed_tokenized(tokenized.result(), on_batch=progress.batch_done)
+    except EmbedError as e:   # name the texts by FILE:LINE, not by their place in the shard
+        raise e.named([d.source for d in task.docs]) from None
     if task.index is None:
         return 0
     writes.submit(task.index, task.docs, out)

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from ..errors import CorpusError, PathError, SettingsError
 from ..settings import InputSettings, JobSettings
-from .read_formats import FORMATS, STDIN, detect_format, parquet_columns, parquet_file
+from .read_formats import (FORMATS, STDIN, check_encoding, detect_format, name_of, open_binary,
+                           parquet_columns, parquet_file)
 
 __all__ = ["check_job", "check_input", "check_readable_file", "check_output_dir",
            "check_output_file", "STDIN"]
@@ -112,6 +113,14 @@ def check_input(inp: InputSettings) -> None:
     check_readable_file("--input", path)
     if fmt == "parquet":
         parquet_columns(parquet_file(p), p, inp.id_field, tuple(inp.text_fields))
+    else:
+        _check_first_line(p)
+
+
+def _check_first_line(p: Path) -> None:
+    """A UTF-16/32 file is refused here, before the model loads and the store is created."""
+    with open_binary(p) as f:
+        check_encoding(f.readline(1 << 16), name_of(p))
 
 
 def _check_beir(path, p: Path) -> None:
