@@ -55,3 +55,14 @@ def tiny_folder(tmp_path_factory):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(SMOLLM2_DIR / f, folder / f)
     return folder
+
+
+def one_error(capsys, *expected: str) -> str:
+    """The command's standard error is one ``error:`` line holding ``expected``, no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import one_error
 from keytok_jax import store as store_lib
 from keytok_jax.cli.common import EXIT_INTERRUPTED
 from keytok_jax.embed import main as embed_main
@@ -27,17 +28,6 @@ ROOT = os.geteuid() == 0   # file modes do not stop root: other ways to make a p
 
 DOCS = [("d1", "the cat sat on the mat"), ("d2", "dogs chase cats"), ("d3", "a bird in the hand"),
         ("d4", "fish swim in the sea"), ("d5", "the sun is a star"), ("d6", "rain falls on plains")]
-
-
-def one_error(capsys, *expected: str) -> str:
-    """The command's standard error is one ``error:`` line holding ``expected``, no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for text in expected:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
 
 
 def tree(path: Path, skip: str = "") -> dict:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOLLM2_DIR, shared_or_skip
+from conftest import ROOT, SMOLLM2_DIR, one_error, shared_or_skip
 from keytok_jax import store as store_lib
 from keytok_jax.embed import main as embed_main
 from keytok_jax.errors import SettingsError
@@ -30,16 +30,6 @@ from keytok_jax.settings import EmbedSettings, Template
 
 DOCS = [("a", "hello world"), ("b", "a much longer text that is cut at sixteen tokens, surely, yes"),
         ("c", "the zebra sat on the mat")]
-
-
-def one_error(capsys, *expected: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for text in expected:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
 
 
 def write_corpus(path: Path, docs=DOCS) -> Path:
