@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 
 from .. import sharding, store
 from ..distributed import barrier, init_distributed
-from ..errors import CorpusError, SettingsError
+from ..errors import CorpusError
 from ..loading import load_model
 from ..records import FLAG_REPLACED, Doc, EmbedOutput, ReadStats, TokenizedDoc
 from ..settings import DeviceSettings, InputSettings, JobSettings, OutputSettings
@@ -54,9 +54,7 @@ def start_processes(devices: DeviceSettings) -> tuple[int, int]:
 
 
 def load_job_model(job: JobSettings, processes: int):
-    devices = job.devices
-    if devices.global_mesh and not devices.mesh:
-        raise SettingsError("--global-mesh needs --mesh (e.g. --mesh data=2,model=4)")
+    devices = job.devices   # preflight.check_job has refused --global-mesh without --mesh
     mesh = sharding.parse_mesh(devices.mesh, global_mesh=bool(devices.global_mesh))
     # Several processes: no orbax parameter cache (its multi-process saves and restores are
     # collective over global arrays; here each process holds its own copy).
