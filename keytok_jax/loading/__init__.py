@@ -83,12 +83,22 @@ def _tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def _has_hf_weights(folder: Path) -> bool:
+    try:
+        weight_files(folder)
+    except WeightError:
+        return False
+    return True
+
+
 def _gguf_file(path: Path) -> Path | None:
+    """The GGUF that holds the weights of ``path``: the file itself, or the one .gguf in a folder
+    without safetensors / pytorch_model.bin (config.json and tokenizer files may lie beside it)."""
     if path.is_file():
         return path if path.suffix == ".gguf" else None
-    if (path / "config.json").exists():
-        return None
     ggufs = sorted(path.glob("*.gguf"))
+    if not ggufs or ((path / "config.json").exists() and _has_hf_weights(path)):
+        return None  # a Hugging Face folder (its safetensors / .bin win over a GGUF beside them)
     if len(ggufs) > 1:
         raise ValueError(f"{path} holds several GGUF files ({[g.name for g in ggufs]}); pass one of them")
     return ggufs[0] if ggufs else None
