@@ -7,7 +7,7 @@ Conventions
 -----------
 A multiply-add is 2 FLOPs; a matmul ``[m, k] @ [k, n]`` is ``2 m k n``. Per token, the dense
 layers cost ``2 * linear_params(cfg)``: q, k, v (``num_kv_heads`` heads each with GQA/MQA), o,
-the MLP (three matrices when gated: Llama/Gemma SwiGLU/GeGLU; two otherwise) in every layer,
+the MLP (three matrices when gated: Llama/Qwen3 SwiGLU, Gemma GeGLU; two otherwise) in every layer,
 plus OPT's ``project_in``/``project_out``. The token embedding is a gather (0 FLOPs).
 
 Attention costs ``4 * num_heads * head_dim`` per (query, key) pair and layer (``QK^T`` and
@@ -27,7 +27,7 @@ counted is the ``count`` argument:
 
 ``"implemented"`` also includes an estimate of the elementwise work *as XLA's cost analysis counts
 it* (1 FLOP per elementwise add/multiply/compare/select/reduce element, transcendentals such as
-``exp``, ``rsqrt``, ``erf``'s polynomial aside counted separately by XLA): RMSNorm 4 per element,
+``exp``, ``rsqrt``, ``erf``'s polynomial aside counted separately by XLA): RMSNorm 4 per element (Gemma3's and Qwen3's per-head q/k norms too),
 LayerNorm 8 (6 without affine), residual adds 1, biases 1, rotary 3.5 per rotated q/k element,
 SiLU 4 (GELU tanh 8, exact GELU 64, ReLU 1) plus 1 for the gate product, 6 per attention score
 (scale, mask select, max, subtract, sum, divide; +2 with a softcap), 6 per (query, key) position
@@ -119,7 +119,7 @@ def _check_count(count: str) -> None:
 
 
 def _gated(cfg: DecoderConfig) -> bool:
-    return cfg.family in ("llama", "gemma3")
+    return cfg.family in ("llama", "gemma3", "qwen3")
 
 
 def linear_params(cfg: DecoderConfig) -> int:
@@ -183,7 +183,7 @@ def lm_head_flops(cfg: DecoderConfig, vocab_chunk: int | None = None) -> float:
 
 
 def _norm(cfg: DecoderConfig) -> float:
-    if cfg.family in ("llama", "gemma3"):
+    if cfg.family in ("llama", "gemma3", "qwen3"):
         return _RMSNORM
     return _LAYERNORM if cfg.norm_affine else _LAYERNORM_NO_AFFINE
 
@@ -196,8 +196,8 @@ def elementwise_flops(cfg: DecoderConfig, T: int, *, causal: bool = True, poolin
     d, hd, h, kv, i = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
     norms = 4 if cfg.family == "gemma3" else 2
     per_token = norms * _norm(cfg) * d + 2 * d
-    if cfg.family == "gemma3":
-        per_token += _RMSNORM * (h + kv) * hd          # q/k norms
+    if cfg.family in ("gemma3", "qwen3"):
+        per_token += _RMSNORM * (h + kv) * hd          # per-head q/k norms
     if cfg.rope is not None:
         per_token += _ROPE_PER_ELEMENT * (h + kv) * cfg.rope.rotary_dim
     per_token += _ACTIVATION.get(cfg.activation, 4) * i + (i if _gated(cfg) else 0)

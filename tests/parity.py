@@ -56,10 +56,13 @@ def reference(model, text, bidirectional: bool = False):
     """(last hidden state [T, D], logits [T, V], all hidden states) of one unpadded text.
 
     ``bidirectional``: a causal model gets an all-zero additive mask (nothing masked); a model that
-    is bidirectional by its own config (Gemma3 ``use_bidirectional_attention``) builds its own masks."""
+    is bidirectional by its own config (Gemma3 ``use_bidirectional_attention``, or ``is_causal=False``,
+    which transformers 5's mask builders honour) builds its own masks."""
     ids = torch.tensor([text])
     kwargs = {}
-    if bidirectional and getattr(model.config, "use_bidirectional_attention", False) not in (True, "all"):
+    own_masks = (getattr(model.config, "use_bidirectional_attention", False) in (True, "all")
+                 or getattr(model.config, "is_causal", True) is False)
+    if bidirectional and not own_masks:
         kwargs["attention_mask"] = torch.zeros(1, 1, len(text), len(text))  # additive: nothing masked
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True, **kwargs)

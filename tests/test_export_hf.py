@@ -35,6 +35,9 @@ ROUND_TRIP = {
     "gpt2-tied": transformers.GPT2Config(**GPT2),
     "neox-parallel-rot25": transformers.GPTNeoXConfig(**NEOX, use_parallel_residual=True, rotary_pct=0.25),
     "opt-post-ln-proj-tied": transformers.OPTConfig(**OPT, do_layer_norm_before=False, word_embed_proj_dim=16),
+    "qwen3-gqa-untied-bias-sliding": transformers.Qwen3Config(
+        **LLAMA, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False, attention_bias=True,
+        use_sliding_window=True, sliding_window=4, max_window_layers=1),
 }
 NAMES = {
     **ROUND_TRIP,
@@ -48,6 +51,7 @@ NAMES = {
         vocab_size=101, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
         head_dim=16, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"], sliding_window=4,
         max_position_embeddings=64, query_pre_attn_scalar=24),
+    "qwen3-gqa-tied": transformers.Qwen3Config(**LLAMA, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True),
 }
 
 

@@ -14,7 +14,12 @@ import pytest
 
 from conftest import SMOLLM2_DIR, shared_or_skip
 
+import jax
+from jax.sharding import AbstractMesh, PartitionSpec
+
 from keytok_jax import sharding
+from keytok_jax.loading.convert import abstract_variables
+from keytok_jax.models import DecoderConfig, RopeConfig
 
 HERE = Path(__file__).resolve().parent
 MESHES = ["data=8,model=1", "data=4,model=2", "data=2,model=4", "data=1,model=8"]
@@ -42,6 +47,41 @@ EXPECTED = {
         "final_norm/scale": None, "final_norm/bias": None,
     },
 }
+
+
+# Qwen3 (per-head q/k norms, head_dim 16 != hidden 32 / 4 heads): 4 heads, 2 KV heads, mlp 48,
+# vocab 96, untied, q/k/v/o biases. Checked on abstract meshes (the specs need only the mesh shape).
+QWEN3 = {
+    "embed/embedding": (0, 96), "lm_head/embedding": (0, 96),
+    "layers/attn/q/kernel": (2, 4), "layers/attn/q/bias": (1, 4), "layers/attn/o/kernel": (1, 4),
+    **{f"layers/attn/{p}/kernel": (2, 2) for p in "kv"}, **{f"layers/attn/{p}/bias": (1, 2) for p in "kv"},
+    "layers/attn/o/bias": None, "layers/attn/q_norm/scale": None, "layers/attn/k_norm/scale": None,
+    "layers/mlp/gate/kernel": (2, 48), "layers/mlp/up/kernel": (2, 48), "layers/mlp/down/kernel": (1, 48),
+    "layers/attn_norm/scale": None, "layers/mlp_norm/scale": None, "final_norm/scale": None,
+}
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_qwen3_parameter_specs_follow_the_rules(mesh):
+    cfg = DecoderConfig(family="qwen3", model_type="qwen3", vocab_size=96, hidden_size=32, num_layers=2,
+                        num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=48, norm_eps=1e-6,
+                        activation="silu", tie_word_embeddings=False, qkv_bias=True, out_bias=True,
+                        rope=RopeConfig(theta=1e6, rotary_dim=16))
+    data, m = (int(part.split("=")[1]) for part in mesh.split(","))
+    notes = []
+    specs = sharding.param_specs(abstract_variables(cfg, jax.numpy.float32),
+                                 AbstractMesh((data, m), ("data", "model")), cfg, notes)
+    flat = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]
+    specs = {"/".join(k.key for k in path): list(spec) for path, spec in flat}
+    assert set(specs) == set(QWEN3)
+    for path, rule in QWEN3.items():
+        want = [None] * 3
+        if rule is not None and rule[1] % m == 0:
+            want[rule[0]] = "model"
+        got = specs[path] + [None] * (3 - len(specs[path]))
+        assert got == want, f"{path}: {specs[path]} != {want}"
+    noted = {p.strip() for note in notes for p in note.split("replicating ")[1].split(",")}
+    assert noted == {p for p, rule in QWEN3.items() if rule is not None and rule[1] % m}
 
 
 @pytest.fixture(scope="module")

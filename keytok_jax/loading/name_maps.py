@@ -138,6 +138,13 @@ def gemma3(cfg: DecoderConfig) -> list[Entry]:
     return m + _llama_attention_mlp(cfg, L)
 
 
+def qwen3(cfg: DecoderConfig) -> list[Entry]:
+    """Qwen3ForCausalLM layout: Llama's names plus the per-head ``q_norm`` / ``k_norm``."""
+    L = "model.layers.{i}"
+    return llama(cfg) + [Entry("layers/attn/q_norm/scale", f"{L}.self_attn.q_norm.weight"),
+                         Entry("layers/attn/k_norm/scale", f"{L}.self_attn.k_norm.weight")]
+
+
 def opt(cfg: DecoderConfig) -> list[Entry]:
     """OPTForCausalLM layout (``model.decoder.`` prefix); every Linear is torch [out, in]."""
     D, L = "model.decoder", "model.decoder.layers.{i}"
@@ -212,6 +219,7 @@ NAME_MAPS: dict[str, Callable[[DecoderConfig], list[Entry]]] = {
     "opt": opt,
     "gpt_neox": gpt_neox,
     "gemma3": gemma3,
+    "qwen3": qwen3,
     "gpt2": gpt2,
     "gpt_neo": gpt_neo,
 }

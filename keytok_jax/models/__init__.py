@@ -9,6 +9,7 @@ from .decoder import Decoder
 from . import llama
 from . import opt, gpt_neox
 from . import gemma3
+from . import qwen3
 from . import gpt2, gpt_neo
 
 
@@ -31,6 +32,7 @@ register(llama.MODEL_TYPES, Family("llama", llama.Llama, llama.config_from_hf))
 register(opt.MODEL_TYPES, Family("opt", opt.OPT, opt.config_from_hf))
 register(gpt_neox.MODEL_TYPES, Family("gpt_neox", gpt_neox.GPTNeoX, gpt_neox.config_from_hf))
 register(gemma3.MODEL_TYPES, Family("gemma3", gemma3.Gemma3, gemma3.config_from_hf))
+register(qwen3.MODEL_TYPES, Family("qwen3", qwen3.Qwen3, qwen3.config_from_hf))
 register(gpt2.MODEL_TYPES, Family("gpt2", gpt2.GPT2, gpt2.config_from_hf))
 register(gpt_neo.MODEL_TYPES, Family("gpt_neo", gpt_neo.GPTNeo, gpt_neo.config_from_hf))
 

@@ -207,8 +207,9 @@ def _attend(q, k, v, mask, scale, softcap):
 class Attention(nn.Module):
     cfg: DecoderConfig
     dtype: Dtype = jnp.float32
-    qk_norm: bool = False   # Gemma3
+    qk_norm: bool = False   # per-head q/k RMSNorm before RoPE (Gemma3, Qwen3)
     causal: bool = True
+    qk_norm_gemma: bool = True  # Gemma3's (1 + w) scale; False: Qwen3's plain w
 
     @nn.compact
     def __call__(self, x, mask, rope=None):
@@ -222,8 +223,8 @@ class Attention(nn.Module):
         k = k.reshape(b, t, cfg.num_kv_heads, hd)
         v = v.reshape(b, t, cfg.num_kv_heads, hd)
         if self.qk_norm:
-            q = RMSNorm(cfg.norm_eps, self.dtype, gemma=True, name="q_norm")(q)
-            k = RMSNorm(cfg.norm_eps, self.dtype, gemma=True, name="k_norm")(k)
+            q = RMSNorm(cfg.norm_eps, self.dtype, gemma=self.qk_norm_gemma, name="q_norm")(q)
+            k = RMSNorm(cfg.norm_eps, self.dtype, gemma=self.qk_norm_gemma, name="k_norm")(k)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -1,8 +1,12 @@
 """Llama family: Llama 1-3 (rope scaling: linear, llama3), Mistral (sliding window), Qwen2
-(q/k/v biases, per-layer sliding windows). RMSNorm, rotary, GQA/MQA, SwiGLU."""
+(q/k/v biases, per-layer sliding windows). RMSNorm, rotary, GQA/MQA, SwiGLU.
+
+A causal sliding layer sees keys with ``0 <= q - k < W``; bidirectional, ``|q - k| <= W``, as
+transformers 5's bidirectional masks (a config with ``is_causal: false``) have it."""
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from .config import DecoderConfig, UnsupportedConfigError, refuse_unless, rope_from_hf
 from .decoder import Block, Decoder
@@ -14,12 +18,17 @@ MODEL_TYPES = ("llama", "mistral", "qwen2")
 def _sliding_windows(hf, n_layers: int) -> tuple[int, ...]:
     window = getattr(hf, "sliding_window", None) or 0
     layer_types = getattr(hf, "layer_types", None)
+    if layer_types and any(k not in ("full_attention", "sliding_attention") for k in layer_types):
+        raise UnsupportedConfigError(f"{hf.model_type}: layer_types {sorted(set(layer_types))} not implemented "
+                                     f"(supported: full_attention, sliding_attention)")
     if hf.model_type == "qwen2":
         if not layer_types:
             return (0,) * n_layers
+        if "sliding_attention" in layer_types and not window:
+            raise UnsupportedConfigError(
+                f"qwen2: layer_types has sliding_attention layers but sliding_window={hf.sliding_window!r} "
+                f"(transformers sets it to None unless use_sliding_window=true)")
         return tuple(window if kind == "sliding_attention" else 0 for kind in layer_types)
-    if layer_types and any(k not in ("full_attention", "sliding_attention") for k in layer_types):
-        raise UnsupportedConfigError(f"{hf.model_type}: layer_types {set(layer_types)} not implemented")
     return (window,) * n_layers if hf.model_type == "mistral" else (0,) * n_layers
 
 
@@ -29,6 +38,13 @@ def config_from_hf(hf) -> DecoderConfig:
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     bias = bool(getattr(hf, "attention_bias", False))
     qkv_bias = True if family == "qwen2" else bias
+    rope = rope_from_hf(hf, head_dim, family)
+    if rope.rotary_dim != head_dim:
+        # transformers' default rotary table ignores partial_rotary_factor (whole heads rotate) and
+        # the scaled ones do not fit the heads: neither is what a partial rotation computes
+        raise UnsupportedConfigError(
+            f"{family}: partial rotary embeddings (rotary_dim={rope.rotary_dim}, head_dim={head_dim}) are not "
+            f"implemented (transformers' {family} rotates whole heads)")
     return DecoderConfig(
         family="llama", model_type=family,
         vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
@@ -39,7 +55,7 @@ def config_from_hf(hf) -> DecoderConfig:
         max_positions=hf.max_position_embeddings,
         qkv_bias=qkv_bias, out_bias=bias, mlp_bias=bool(getattr(hf, "mlp_bias", False)),
         layer_windows=_sliding_windows(hf, hf.num_hidden_layers),
-        rope=rope_from_hf(hf, head_dim, family),
+        rope=rope,
     )
 
 
@@ -47,7 +63,11 @@ class LlamaBlock(Block):
     @nn.compact
     def __call__(self, hidden, positions, valid, rope, layer):
         cfg, dt = self.cfg, self.dtype
-        mask = attention_mask(positions, valid, self.causal, layer["window"])
+        window = layer["window"]
+        if not self.causal:
+            # transformers' bidirectional sliding mask (config is_causal=False): |q - k| <= W
+            window = jnp.where(window > 0, window + 1, 0)
+        mask = attention_mask(positions, valid, self.causal, window)
         h = RMSNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
         hidden = hidden + Attention(cfg, dt, causal=self.causal, name="attn")(h, mask, self.layer_rope(rope, layer))
         h = RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(hidden)
