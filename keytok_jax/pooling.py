@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 
 POOLING_METHODS = ("last", "mean", "weighted_mean")
+# what ``pool`` computes: the settings' methods, and ``cls`` (sentence-transformers folders only)
+POOL_METHODS = POOLING_METHODS + ("cls",)
 
 
 def _check(hidden, mask):
@@ -28,7 +30,7 @@ def _check(hidden, mask):
 
 
 @partial(jax.jit, static_argnames=("method",))
-def pool(hidden, mask, method: str = "mean"):
+def pool(hidden, mask, method: str = "mean", rank_mask=None):
     """Pool ``hidden [B, T, D]`` over the positions where ``mask [B, T] != 0`` → float32 ``[B, D]``.
 
     With ``m_t = 1[mask_t != 0]``, ``n = Σ_t m_t`` (per row) and ``h_t`` the float32 hidden state at
@@ -42,13 +44,18 @@ def pool(hidden, mask, method: str = "mean"):
       ``w_t = m_t c_t / Σ_s m_s c_s`` where ``c_t = Σ_{s≤t} m_s`` is the 1-based rank of ``t``
       among the counted positions; i.e. the i-th counted token has weight ``i / (n (n + 1) / 2)``.
       Padding and excluded positions do not advance the rank, so the weights do not depend on
-      the padding side or amount.
+      the padding side or amount. With ``rank_mask [B, T]`` given, ranks count the positions
+      where ``rank_mask != 0`` instead (sentence-transformers' ``weightedmean`` with
+      ``include_prompt=False``: ranks over every real token, so text tokens keep the weights they
+      have behind the prompt).
+    - ``"cls"``: ``h_{t*}`` with ``t* = min{t : m_t = 1}``, the first counted position
+      (sentence-transformers' ``cls`` pooling of a decoder).
 
     A row whose mask is all zero (``n = 0``) pools to a zero vector, never NaN. ``method`` is static
     under jit.
     """
-    if method not in POOLING_METHODS:
-        raise ValueError(f"pooling method must be one of {POOLING_METHODS}, got {method!r}")
+    if method not in POOL_METHODS:
+        raise ValueError(f"pooling method must be one of {POOL_METHODS}, got {method!r}")
     hidden = jnp.asarray(hidden)
     mask = jnp.asarray(mask)
     _check(hidden, mask)
@@ -59,11 +66,17 @@ def pool(hidden, mask, method: str = "mean"):
         last = jnp.max(jnp.where(counted, jnp.arange(T, dtype=jnp.int32), -1), axis=1)   # [B]
         picked = jnp.take_along_axis(h, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
         return jnp.where((last >= 0)[:, None], picked, 0.0)
+    if method == "cls":
+        T = hidden.shape[1]
+        first = jnp.min(jnp.where(counted, jnp.arange(T, dtype=jnp.int32), T), axis=1)   # [B]
+        picked = jnp.take_along_axis(h, jnp.minimum(first, T - 1)[:, None, None], axis=1)[:, 0]
+        return jnp.where((first < T)[:, None], picked, 0.0)
     m = counted.astype(jnp.float32)
     if method == "mean":
         w = m
     else:  # weighted_mean
-        w = m * jnp.cumsum(m, axis=1)                              # i-th counted token → i
+        ranked = m if rank_mask is None else (jnp.asarray(rank_mask) != 0).astype(jnp.float32)
+        w = m * jnp.cumsum(ranked, axis=1)                         # i-th counted token → i
     total = jnp.sum(w, axis=1, keepdims=True)                      # n or n (n + 1) / 2 (exact)
     w = w / jnp.maximum(total, 1.0)                                # all-zero rows stay zero
     return jnp.sum(h * w[..., None], axis=1)
@@ -92,3 +105,19 @@ def matryoshka(x, dim: int, normalize: bool = True, eps: float = 1e-12):
         raise ValueError(f"matryoshka dim must be an int in [1, {x.shape[-1]}], got {dim!r}")
     y = x[..., :dim].astype(jnp.float32)
     return l2_normalize(y, eps) if normalize else y
+
+
+_ACTIVATIONS = {"identity": lambda x: x, "tanh": jnp.tanh, "relu": jax.nn.relu,
+                "gelu": lambda x: jax.nn.gelu(x, approximate=False), "sigmoid": jax.nn.sigmoid,
+                "silu": jax.nn.silu}
+
+
+def dense_layer(x, weight, bias=None, activation: str = "identity"):
+    """A sentence-transformers ``Dense`` module: ``activation(x Wᵀ + b)`` in float32, ``weight``
+    ``[out, in]`` (torch ``nn.Linear`` layout), ``bias [out]`` or None; ``activation`` one of
+    identity, tanh, relu, gelu (exact, as ``torch.nn.GELU()``), sigmoid, silu (static under jit)."""
+    y = jnp.matmul(jnp.asarray(x, jnp.float32), jnp.asarray(weight, jnp.float32).T,
+                   precision=jax.lax.Precision.HIGHEST)
+    if bias is not None:
+        y = y + jnp.asarray(bias, jnp.float32)
+    return _ACTIVATIONS[activation](y)

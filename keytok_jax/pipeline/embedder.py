@@ -28,7 +28,9 @@ import numpy as np
 from .. import sharding
 from ..errors import KeytokError, SettingsError
 from ..loading import load_model
+from ..loading.st_folder import SentenceTransformerModules, declares_bidirectional, read_st_folder
 from ..model import KeytokModel
+from ..pooling import POOLING_METHODS
 from ..records import FLAG_EMPTY, Batch, EmbedOutput, TokenizedDoc
 from ..settings import EmbedSettings
 from .correction import Shift
@@ -37,7 +39,8 @@ from .plan import Shapes, pad_batch, seq_buckets
 from .step import RunStats, Step
 from .tokenize import DocTokenizer
 
-__all__ = ["Embedder", "EmbedError", "model_identity", "position_limit", "check_outputs"]
+__all__ = ["Embedder", "EmbedError", "model_identity", "position_limit", "check_outputs",
+           "follow_model"]
 
 # The Hugging Face config field holding each learned-position family's limit (for messages).
 _POSITION_FIELDS = {"gpt2": "n_positions"}
@@ -58,7 +61,73 @@ def position_limit(config) -> int | None:
     return config.max_positions if config.rope is None else None
 
 
-def _check(model: KeytokModel, settings: EmbedSettings, shift: Shift | None) -> None:
+def _special_suffix(tokenizer) -> list[int]:
+    """The special tokens the tokenizer appends to a text (its post-processor), e.g. ``[eos]``."""
+    with_special = list(tokenizer("a")["input_ids"])
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start: start + len(plain)] == plain:
+            return with_special[start + len(plain):]
+    return []
+
+
+def st_prompt_length(tokenizer, prompt: str | None) -> int | None:
+    """Tokens sentence-transformers keeps out of pooling for ``prompt`` (``include_prompt=False``):
+    the prompt tokenized alone with the special tokens, less a trailing special token. A prompt
+    whose last piece merges with the text (a trailing space as its own token) still counts it, as
+    sentence-transformers does."""
+    if not prompt:
+        return None
+    ids = list(tokenizer(prompt)["input_ids"])
+    if ids and ids[-1] in set(getattr(tokenizer, "all_special_ids", ())):
+        ids = ids[:-1]
+    return len(ids)
+
+
+def follow_model(model: KeytokModel, settings: EmbedSettings
+                 ) -> tuple[EmbedSettings, SentenceTransformerModules | None]:
+    """The settings the model is embedded with, and its sentence-transformers modules (None for
+    other models). With ``model_declares="follow"``: a config declaring bidirectional attention
+    gets ``attention="bidirectional"``; a sentence-transformers folder (``modules.json``) gets its
+    Pooling method (``cls``, no settings choice, is read by the step from the modules), its
+    max_seq_length, its prompt (``prompt_name``, else the folder's ``default_prompt_name``, else
+    the settings' ``instruction`` as plain text) tokenized with each text as one string and pooled
+    iff the Pooling's ``include_prompt``,
+    the EOS its tokenizer appends, and ``normalize=False`` (its Normalize modules apply in order
+    after its Dense layers)."""
+    if settings.model_declares == "ignore":
+        if settings.prompt_name is not None:
+            raise SettingsError("prompt_name needs model_declares='follow' (the prompts are the "
+                                "folder's)")
+        return settings, None
+    changes: dict = {}
+    if declares_bidirectional(model.hf_config or {}):
+        changes["attention"] = "bidirectional"
+    modules = read_st_folder(model.source)
+    if modules is None:
+        if settings.prompt_name is not None:
+            raise SettingsError(f"prompt_name {settings.prompt_name!r}: {model.source} is not a "
+                                "sentence-transformers folder (no modules.json)")
+        return dataclasses.replace(settings, **changes), None
+    suffix = _special_suffix(model.tokenizer) if model.tokenizer is not None else []
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    if suffix not in ([], [eos]):
+        raise SettingsError(f"{model.source}: the tokenizer appends {suffix} to every text; only "
+                            "an EOS token is supported")
+    prompt = modules.prompt(settings.prompt_name)
+    if modules.pooling in POOLING_METHODS:   # cls is no settings choice: the step reads the folder's
+        changes["pooling"] = modules.pooling
+    if prompt is None:   # no named or default prompt: a given instruction is the prompt text
+        prompt = settings.instruction
+    changes.update(normalize=False, prompt="{text}", instruction=prompt or None,
+                   instruction_format="plain", pool_instruction=modules.include_prompt,
+                   add_eos=bool(suffix))
+    if modules.max_length:
+        changes["max_length"] = modules.max_length
+    return dataclasses.replace(settings, **changes), modules
+
+
+def _check(model: KeytokModel, settings: EmbedSettings, shift: Shift | None, dim: int) -> None:
     """Refuse settings this model cannot embed with."""
     if model.tokenizer is None:
         raise SettingsError(f"{model.source} has no tokenizer; the embedder needs one")
@@ -69,12 +138,13 @@ def _check(model: KeytokModel, settings: EmbedSettings, shift: Shift | None) -> 
                             f"positions ({field}); use --max-length {limit} or less")
     if settings.top_k > model.config.vocab_size:
         raise SettingsError(f"top_k={settings.top_k} exceeds the vocabulary ({model.config.vocab_size})")
-    md, dim = settings.matryoshka_dim, model.config.output_dim
+    md = settings.matryoshka_dim
     if md is not None and not 1 <= md <= dim:
         raise SettingsError(f"matryoshka_dim must be in [1, {dim}], got {md}")
-    if shift is not None and shift.direction.shape != (dim,):
+    hidden = model.config.output_dim
+    if shift is not None and shift.direction.shape != (hidden,):
         raise SettingsError(f"shift direction has shape {shift.direction.shape}, the model's "
-                            f"embeddings have dim {dim}")
+                            f"embeddings have dim {hidden}")
 
 
 class EmbedError(KeytokError):
@@ -149,15 +219,19 @@ class Embedder:
                  shift: Shift | None = None, batch_tokens: int = 8192, vocab_chunk: int = 4096,
                  mesh=None):
         self.model = model
-        self.settings = settings or EmbedSettings()
-        _check(model, self.settings, shift)
+        self.requested = settings or EmbedSettings()
+        self.settings, self.st_modules = follow_model(model, self.requested)
+        self.output_dim = (self.st_modules.output_dim(model.config.output_dim) if self.st_modules
+                           else model.config.output_dim)
+        _check(model, self.settings, shift, self.output_dim)
         self.shift, self.batch_tokens, self.vocab_chunk = shift, batch_tokens, vocab_chunk
-        self.doc_tokenizer = DocTokenizer(model.tokenizer, self.settings.template(), self.settings.max_length)
+        self._prompt_tokenizers: dict = {}
+        self.doc_tokenizer = self._new_tokenizer(self.settings.template())
         self.mesh = sharding.parse_mesh(mesh) if mesh is not None else model.mesh
         self.feed = feed_for(self.mesh)
         self.shapes = Shapes(batch_tokens, tuple(seq_buckets(self.settings.max_length)),
                              self.feed.data_size, self.feed.host_rows)
-        self.step = Step(model, self.settings, shift, vocab_chunk, self.feed)
+        self.step = Step(model, self.settings, shift, vocab_chunk, self.feed, self.st_modules)
         self.stats = RunStats()
 
     @classmethod
@@ -212,7 +286,7 @@ class Embedder:
 
     def _blank_output(self, docs: Sequence[TokenizedDoc]) -> EmbedOutput:
         n = len(docs)
-        k, dim = self.settings.top_k, self.settings.matryoshka_dim or self.model.config.output_dim
+        k, dim = self.settings.top_k, self.settings.matryoshka_dim or self.output_dim
         return EmbedOutput(np.zeros((n, dim), np.float32), np.full((n, k), -1, np.int32),
                            np.zeros((n, k), np.float32),
                            np.array([len(d.ids) for d in docs], np.int32),
@@ -239,10 +313,13 @@ class Embedder:
     # ------------------------------------------------------------------ API
     def encode(self, sentences: str | Sequence[str], batch_size: int | None = None,
                show_progress_bar: bool = False, output_value: str | None = "sentence_embedding",
-               window: int = 4096, **kwargs):
+               window: int = 4096, prompt_name: str | None = None, prompt: str | None = None,
+               **kwargs):
         """sentence-transformers / MTEB ``encode``: dense ``np.ndarray [N, D]`` (``[D]`` for one
         string). ``batch_size`` is accepted for compatibility; batches are formed by token budget
-        (``batch_tokens``) over fixed shapes. ``output_value=None`` returns :class:`EmbedOutput`."""
+        (``batch_tokens``) over fixed shapes. ``output_value=None`` returns :class:`EmbedOutput`.
+        ``prompt_name`` (a sentence-transformers folder's named prompt) or ``prompt`` (a prompt
+        text) replace the settings' prompt for this call, as in sentence-transformers."""
         if output_value not in (None, "sentence_embedding"):
             raise SettingsError(f"output_value must be 'sentence_embedding' or None, got {output_value!r}")
         single = isinstance(sentences, str)
@@ -252,7 +329,8 @@ class Embedder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="encode", unit="window")
-        parts = [self._encode_window(texts, s, window) for s in starts]
+        tokenizer = self._tokenizer_for(prompt_name, prompt)
+        parts = [self._encode_window(texts, s, window, tokenizer) for s in starts]
         if parts:
             result = EmbedOutput(*(np.concatenate([getattr(p, f.name) for p in parts])
                                    for f in dataclasses.fields(EmbedOutput)))
@@ -262,8 +340,38 @@ class Embedder:
             return result
         return result.dense[0] if single else result.dense
 
-    def _encode_window(self, texts: list[str], start: int, window: int) -> EmbedOutput:
+    def _tokenizer_for(self, prompt_name: str | None, prompt: str | None) -> DocTokenizer:
+        """The DocTokenizer of a call's prompt (the settings' one when neither is given)."""
+        if prompt is None and prompt_name is None:
+            return self.doc_tokenizer
+        if prompt is None:
+            if self.st_modules is None:
+                raise SettingsError(f"prompt_name {prompt_name!r}: {self.model.source} is not a "
+                                    "sentence-transformers folder followed (no modules.json, or "
+                                    "model_declares='ignore'); pass prompt= instead")
+            prompt = self.st_modules.prompt(prompt_name)
+        if prompt not in self._prompt_tokenizers:
+            pooled = self.st_modules.include_prompt if self.st_modules is not None else True
+            template = dataclasses.replace(self.settings, instruction=prompt or None,
+                                           instruction_format="plain", prompt="{text}",
+                                           pool_instruction=pooled).template()
+            self._prompt_tokenizers[prompt] = self._new_tokenizer(template)
+        return self._prompt_tokenizers[prompt]
+
+    def _new_tokenizer(self, template) -> DocTokenizer:
+        """A DocTokenizer of ``template``. A sentence-transformers folder's prompt (the template's
+        instruction) is tokenized with each text as one string and kept out of pooling as
+        sentence-transformers counts it (:func:`st_prompt_length`)."""
+        if self.st_modules is None:
+            return DocTokenizer(self.model.tokenizer, template, self.settings.max_length)
+        prompt = template.instruction or ""
+        start = 0 if template.pool_instruction else st_prompt_length(self.model.tokenizer, prompt)
+        return DocTokenizer(self.model.tokenizer, dataclasses.replace(template, instruction=None),
+                            self.settings.max_length, start, joint_prompt=prompt)
+
+    def _encode_window(self, texts: list[str], start: int, window: int,
+                       tokenizer: DocTokenizer | None = None) -> EmbedOutput:
         try:
-            return self.embed_tokenized(self.tokenize(texts[start: start + window]))
+            return self.embed_tokenized((tokenizer or self.doc_tokenizer)(texts[start: start + window]))
         except EmbedError as e:   # name the texts by their index in encode's input
             raise e.shifted(start) from None

@@ -1,7 +1,8 @@
 """Step: one jitted program per batch shape does the whole device side of the embedding.
 
 forward pass → pooling → correction (the optional first-component shift) → LM-head top-k over
-vocabulary chunks. Only pooled vectors and the top-k come back to the host. Programs are compiled
+vocabulary chunks; the dense side of a sentence-transformers folder goes on through its Dense and
+Normalize modules (the top-k projects the pooled vector before them, through the backbone's head). Only pooled vectors and the top-k come back to the host. Programs are compiled
 once per ``(rows, seq)`` shape and kept. With a mesh, parameters are placed by the rules of
 :mod:`keytok_jax.sharding`, batches are split over ``data`` and the top-k over ``model``
 (:func:`~keytok_jax.projection.sharded_topk_projection`: same ids and ties).
@@ -19,7 +20,8 @@ import numpy as np
 from .. import sharding
 from ..loading.convert import abstract_variables
 from ..model import KeytokModel
-from ..pooling import l2_normalize, pool
+from ..loading.st_folder import SentenceTransformerModules
+from ..pooling import dense_layer, l2_normalize, pool
 from ..projection import sharded_topk_projection, topk_projection
 from ..records import Batch
 from ..settings import EmbedSettings
@@ -72,27 +74,62 @@ class Feed:
         return result
 
 
-def _device_step(model: KeytokModel, settings: EmbedSettings, chunk: int, mesh):
+def module_params(modules: SentenceTransformerModules | None) -> tuple:
+    """The Dense layers' arrays, one ``(weight, bias or None)`` per layer (a step argument)."""
+    if modules is None:
+        return ()
+    return tuple((jnp.asarray(d.weight), None if d.bias is None else jnp.asarray(d.bias))
+                 for d in modules.dense_layers)
+
+
+def _post(modules: SentenceTransformerModules | None):
+    """The folder's modules after pooling, ``(x, dense params) → x``."""
+    kinds = () if modules is None else tuple(
+        (kind, layer.activation if layer is not None else None) for kind, layer in modules.post)
+
+    def apply(x, dense_params):
+        i = 0
+        for kind, activation in kinds:
+            if kind == "dense":
+                weight, bias = dense_params[i]
+                x, i = dense_layer(x, weight, bias, activation), i + 1
+            else:
+                x = l2_normalize(x)
+        return x
+
+    return apply
+
+
+def _device_step(model: KeytokModel, settings: EmbedSettings, chunk: int, mesh,
+                 modules: SentenceTransformerModules | None = None):
     """The step function: ``(params, ids, mask, pool_mask, shift_vec) → (dense, token ids, token
-    weights)``."""
+    weights)``; a sentence-transformers folder's step takes its Dense layers' arrays
+    (:func:`module_params`) as a sixth argument."""
     module = model.module(settings.attention)
     s = settings
     head = "embed" if model.config.tie_word_embeddings else "lm_head"
+    post = _post(modules)
+    method = modules.pooling if modules is not None else s.pooling   # the folder's may be cls
+    # sentence-transformers ranks weightedmean positions over every real token (prompt included)
+    rank_by_mask = modules is not None and method == "weighted_mean"
 
-    def step(params, ids, mask, pool_mask, shift_vec):
+    def step(params, ids, mask, pool_mask, shift_vec, dense_params=()):
         hidden = module.apply({"params": params}, ids, mask)
-        pooled = pool(hidden, pool_mask, s.pooling)
+        pooled = pool(hidden, pool_mask, method, mask if rank_by_mask else None)
         if mesh is None:
             tok_ids, tok_w = topk_projection(pooled + shift_vec, params[head]["embedding"], s.top_k,
                                              chunk=chunk, weighting=s.weighting)
         else:
             tok_ids, tok_w = sharded_topk_projection(pooled + shift_vec, params[head]["embedding"],
                                                      s.top_k, mesh, chunk=chunk, weighting=s.weighting)
-        dense = pooled[:, : s.matryoshka_dim] if s.matryoshka_dim else pooled
+        dense = post(pooled, dense_params)
+        dense = dense[:, : s.matryoshka_dim] if s.matryoshka_dim else dense
         if s.normalize:
             dense = l2_normalize(dense)
         return dense, tok_ids, tok_w
 
+    if modules is None:
+        return lambda params, ids, mask, pool_mask, shift_vec: step(params, ids, mask, pool_mask, shift_vec)
     return step
 
 
@@ -100,8 +137,11 @@ class Step:
     """The compiled device step of a model, settings and shift, on ``feed``'s devices."""
 
     def __init__(self, model: KeytokModel, settings: EmbedSettings, shift: Shift | None,
-                 vocab_chunk: int, feed: Feed):
+                 vocab_chunk: int, feed: Feed, modules: SentenceTransformerModules | None = None):
         self.model, self.settings, self.vocab_chunk, self.feed = model, settings, vocab_chunk, feed
+        self.modules = modules
+        # the step's arguments after the shift vector: the Dense layers' arrays, if any
+        self.extra = () if modules is None else (module_params(modules),)
         self.mesh = feed.mesh
         self.params = model.params
         self.shift_vec = jnp.asarray(
@@ -120,15 +160,18 @@ class Step:
             abstract_variables(model.config, jnp.dtype(model.dtype)), self.mesh, model.config)
         self.params = sharding.place(self.params, self.param_shardings)
         self.shift_vec = sharding.place(np.asarray(self.shift_vec), sharding.replicated(self.mesh))
+        self.extra = jax.tree.map(
+            lambda a: sharding.place(np.asarray(a), sharding.replicated(self.mesh)), self.extra)
 
     def _jit(self):
-        fn = _device_step(self.model, self.settings, self.vocab_chunk, self.mesh)
+        fn = _device_step(self.model, self.settings, self.vocab_chunk, self.mesh, self.modules)
         if self.mesh is None:
             return jax.jit(fn)
         rows = self.feed.rows
         # pjit semantics: parameters per the rules, batches split over data, outputs too.
-        return jax.jit(fn, in_shardings=(self.param_shardings, rows, rows, rows,
-                                         sharding.replicated(self.mesh)),
+        replicated = sharding.replicated(self.mesh)
+        return jax.jit(fn, in_shardings=(self.param_shardings, rows, rows, rows, replicated)
+                       + (replicated,) * len(self.extra),
                        out_shardings=(rows, rows, rows))
 
     def executable(self, rows: int, seq: int, stats: RunStats | None = None):
@@ -140,7 +183,8 @@ class Step:
                 self._jitted = self._jit()
             t0 = time.perf_counter()
             spec = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
-            self._compiled[key] = self._jitted.lower(self.params, spec, spec, spec, self.shift_vec).compile()
+            self._compiled[key] = self._jitted.lower(self.params, spec, spec, spec, self.shift_vec,
+                                                     *self.extra).compile()
             if stats is not None:
                 stats.compile_seconds += time.perf_counter() - t0
                 stats.compiles += 1
@@ -151,4 +195,4 @@ class Step:
         """Dispatch one batch (``ids, mask, pool_mask`` of this process's rows); returns the
         device outputs without waiting for them."""
         exe = self.executable(rows, seq, stats)
-        return exe(self.params, *(self.feed.put(a) for a in host_arrays), self.shift_vec)
+        return exe(self.params, *(self.feed.put(a) for a in host_arrays), self.shift_vec, *self.extra)

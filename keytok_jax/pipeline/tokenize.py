@@ -46,18 +46,26 @@ def _rstrip_spaces(piece: str) -> tuple[str, str]:
 class DocTokenizer:
     """Turns texts into :class:`TokenizedDoc` for a template and a maximum length."""
 
-    def __init__(self, tokenizer, template: Template, max_length: int):
+    def __init__(self, tokenizer, template: Template, max_length: int, pool_start: int | None = None,
+                 joint_prompt: str = ""):
+        """``pool_start`` overrides the template's pooling start (tokens kept out of pooling);
+        ``joint_prompt`` is prepended to every text and tokenized with it as one string, as
+        sentence-transformers tokenizes ``prompt + text`` (no piece boundary; truncation may cut
+        into it as it does there)."""
         self.tokenizer, self.template, self.max_length = tokenizer, template, max_length
         enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []  # noqa: E731
         i_pre, p_pre, p_post, i_post = template.pieces()
         # Move trailing spaces onto the next piece: "Query: " + "hi" must give "Query:" + " hi".
         i_pre, carry = _rstrip_spaces(i_pre)
         p_pre, self.text_lead = _rstrip_spaces(carry + p_pre)
+        self.text_lead = joint_prompt + self.text_lead
         probe = tokenizer("a")["input_ids"]
         bos = [tokenizer.bos_token_id] if (tokenizer.bos_token_id is not None and probe
                                            and probe[0] == tokenizer.bos_token_id) else []
         self.prefix = bos + enc(i_pre)
         self.pool_start = 0 if (template.pool_instruction or template.instruction is None) else len(self.prefix)
+        if pool_start is not None:   # a sentence-transformers prompt length (pipeline.embedder)
+            self.pool_start = pool_start
         self.prefix = self.prefix + enc(p_pre)
         self.suffix = enc(p_post) + enc(i_post)
         if template.add_eos:

@@ -85,6 +85,16 @@ class EmbedSettings:
                              "log(1+max(logit,0))", choices=WEIGHTINGS)
     normalize: bool = setting(False, "L2-normalise the dense vectors")
     matryoshka_dim: int | None = setting(None, "keep the first N dims of the dense vectors")
+    prompt_name: str | None = setting(
+        None, "a sentence-transformers folder's named prompt (config_sentence_transformers.json "
+        "prompts, e.g. query or document); default: the folder's default_prompt_name, if any")
+    model_declares: str = setting(
+        "follow", "follow: embed as the model folder declares it, replacing --pooling, "
+        "--attention, --normalize, --max-length, --prompt, --instruction and --add-eos: a "
+        "sentence-transformers folder (modules.json) by its Pooling, Dense and Normalize modules, "
+        "prompts and max_seq_length; a config declaring bidirectional attention "
+        "(use_bidirectional_attention, is_causal: false) bidirectionally. ignore: the backbone "
+        "with the flags as given", choices=("follow", "ignore"))
 
     def __post_init__(self):
         if self.pooling not in POOLING_METHODS:
@@ -93,6 +103,8 @@ class EmbedSettings:
             raise SettingsError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.weighting not in WEIGHTINGS:
             raise SettingsError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.model_declares not in ("follow", "ignore"):
+            raise SettingsError(f"model_declares must be 'follow' or 'ignore', got {self.model_declares!r}")
         if self.max_length < 1 or self.top_k < 1:
             raise SettingsError("max_length and top_k must be positive")
 
