@@ -108,7 +108,7 @@ def _quantize(w: np.ndarray, qtype, rng) -> np.ndarray:
     return gguf.quants.quantize(w, qtype)
 
 
-def write_gguf(hf, arch: str, path, qtype=Q.F32, seed: int = 0, original_window=None):
+def write_gguf(hf, arch: str, path, qtype=Q.F32, seed: int = 0, original_window=None, n_vocab=None):
     """``hf`` written as llama.cpp would: names from ``gguf.get_tensor_name_map``, value conventions
     of :func:`to_gguf_layout`, metadata of the architecture's ``set_gguf_parameters``. 1-D tensors
     stay F32 and 2-D ones whose rows do not fit the type's blocks too, as llama.cpp keeps them."""
@@ -163,6 +163,8 @@ def write_gguf(hf, arch: str, path, qtype=Q.F32, seed: int = 0, original_window=
         out = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert out is not None, f"gguf has no name for {name}"
         value = to_gguf_layout(arch, cfg, name, t.numpy().astype(np.float32))
+        if n_vocab is not None and out == "token_embd.weight":
+            value = value[:n_vocab]  # Gemma3Model.modify_tensors drops out-of-vocabulary rows
         block = gguf.GGML_QUANT_SIZES[qtype][0]
         if value.ndim == 1 or value.shape[-1] % block or qtype == Q.F32:
             w.add_tensor(out, np.ascontiguousarray(value))
@@ -242,7 +244,7 @@ def test_quantized_gguf_loads_as_a_model(family, tmp_path):
     assert np.abs(np.asarray(final)[0] - ref).max() < 0.05 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
 def test_folder_with_gguf_and_config(family, tmp_path):
     """A folder holding config.json (and tokenizer files) with a .gguf instead of safetensors loads
     the GGUF as its weights."""
@@ -274,3 +276,30 @@ def test_unknown_architecture_is_refused(tmp_path):
     w.close()
     with pytest.raises(keytok_jax.errors.KeytokError, match="GGUF architecture 'mamba' is not supported"):
         keytok_jax.load_model(str(tmp_path / "m.gguf"), cache=False)
+
+
+def test_folder_gguf_with_fewer_embedding_rows(tmp_path):
+    """llama.cpp's Gemma3 converter keeps only the tokenizer's rows of the embedding: with config.json
+    beside, the model takes the GGUF's rows and matches transformers on those tokens."""
+    arch, hf, _ = _case("gemma3", tmp_path)
+    folder = save(hf, tmp_path / "g")
+    (folder / "model.safetensors").unlink()
+    write_gguf(hf, arch, folder / "m.gguf", n_vocab=290)
+    model = keytok_jax.load_model(str(folder), cache=False)
+    assert model.config.vocab_size == 290
+    ids = np.array([[5, 9, 17, 33, 289, 2]], np.int32)
+    final = np.asarray(model.hidden_states(ids, np.ones_like(ids), attention="causal", all_layers=False))
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids.astype(np.int64)), output_hidden_states=True).hidden_states[-1][0].numpy()
+    assert np.abs(final[0] - ref).max() <= 1e-4
+
+
+def test_folder_gguf_contradicting_config_is_refused(tmp_path):
+    arch, hf, _ = _case("gpt2", tmp_path)
+    folder = save(hf, tmp_path / "g")
+    (folder / "model.safetensors").unlink()
+    write_gguf(hf, arch, folder / "m.gguf")
+    cfg = (folder / "config.json").read_text().replace('"n_layer": 2', '"n_layer": 3')
+    (folder / "config.json").write_text(cfg)
+    with pytest.raises(keytok_jax.errors.KeytokError, match="num_hidden_layers=3 but the GGUF metadata says 2"):
+        keytok_jax.load_model(str(folder), cache=False)

@@ -105,10 +105,16 @@ def _gguf_file(path: Path) -> Path | None:
 
 
 def _check_beside(meta: dict, hf, path: Path):
+    """config.json beside a GGUF must describe the same model. The GGUF may hold fewer embedding rows
+    (llama.cpp's Gemma3 converter drops out-of-vocabulary rows): the model then has those rows."""
+    gguf_hf = _hf_config(meta)  # HF attribute names (GPT-2's n_embd answers to hidden_size)
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-        if key in meta and getattr(hf, key, meta[key]) != meta[key]:
-            raise WeightError(f"config.json beside {path} says {key}={getattr(hf, key)} but the GGUF "
-                              f"metadata says {meta[key]}")
+        theirs, ours = getattr(gguf_hf, key, None), getattr(hf, key, None)
+        if key == "vocab_size" and theirs is not None and ours is not None and theirs < ours:
+            log.info("%s holds %d embedding rows, config.json says vocab_size=%d: using %d", path, theirs, ours, theirs)
+            hf.vocab_size = theirs
+        elif theirs is not None and ours is not None and theirs != ours:
+            raise WeightError(f"config.json beside {path} says {key}={ours} but the GGUF metadata says {theirs}")
 
 
 _BESIDE = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
