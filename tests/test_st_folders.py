@@ -208,6 +208,14 @@ def test_qwen3_embedding_like(tmp_path):
         d = _diff(emb.encode(TEXTS, prompt_name=name), ref.encode(TEXTS, prompt_name=name))
         print("qwen3-embedding-like", name, d)
         assert d <= TOL
+    # through the embed CLI with no extra flag: the store's dense vectors are sentence-transformers'
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    embed_main(["--model", str(folder), "--input", str(corpus), "--output", str(tmp_path / "store"), "--dense",
+                "--no-progress"])
+    d = _diff(_store_dense(tmp_path / "store")[0], ref.encode(TEXTS))
+    print("qwen3-embedding-like CLI", d)
+    assert d <= TOL
 
 
 def test_declared_bidirectional_and_ignore(gemma_folder):
@@ -246,3 +254,31 @@ def test_cls_pool_is_the_first_counted_position():
     np.testing.assert_array_equal(out[0], hidden[0, 3])
     np.testing.assert_array_equal(out[1], hidden[1, 0])
     np.testing.assert_array_equal(out[2], np.zeros(4))
+
+
+def test_legacy_folder_format(gemma_folder, tmp_path):
+    """The layout hub folders of EmbeddingGemma / Qwen3-Embedding use: ``sentence_transformers.models.*``
+    module types, ``sentence_bert_config.json`` with ``max_seq_length``, ``pooling_mode_*_tokens``
+    booleans."""
+    import shutil
+
+    folder, _ = gemma_folder
+    legacy = tmp_path / "legacy"
+    shutil.copytree(folder, legacy)
+    modules = json.loads((legacy / "modules.json").read_text())
+    for m in modules:
+        m["type"] = "sentence_transformers.models." + m["type"].rsplit(".", 1)[-1]
+    (legacy / "modules.json").write_text(json.dumps(modules))
+    (legacy / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 12, "do_lower_case": False}))
+    (legacy / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True}))
+    ref = _reference(legacy)
+    assert ref.max_seq_length == 12
+    emb = Embedder.from_pretrained(str(legacy))
+    assert emb.settings.max_length == 12
+    for name in (None, "query"):
+        d = _diff(emb.encode(TEXTS, prompt_name=name), ref.encode(TEXTS, prompt_name=name))
+        print("legacy layout", name, d)
+        assert d <= TOL
