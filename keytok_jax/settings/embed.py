@@ -90,9 +90,10 @@ class EmbedSettings:
         "prompts, e.g. query or document); default: the folder's default_prompt_name, if any")
     model_declares: str = setting(
         "follow", "follow: embed as the model folder declares it, replacing --pooling, "
-        "--attention, --normalize, --max-length, --prompt, --instruction and --add-eos: a "
-        "sentence-transformers folder (modules.json) by its Pooling, Dense and Normalize modules, "
-        "prompts and max_seq_length; a config declaring bidirectional attention "
+        "--attention, --normalize, --max-length, --prompt and --add-eos: a sentence-transformers "
+        "folder (modules.json) by its Pooling, Dense and Normalize modules, prompts (--instruction "
+        "is the prompt text only when no prompt is named or default) and max_seq_length; a config "
+        "declaring bidirectional attention "
         "(use_bidirectional_attention, is_causal: false) bidirectionally. ignore: the backbone "
         "with the flags as given", choices=("follow", "ignore"))
 
