@@ -98,3 +98,45 @@ def test_unsupported_config_is_refused(kw, match):
         pytest.skip(f"transformers refuses the config itself: {e}")
     with pytest.raises(keytok_jax.UnsupportedConfigError, match=match):
         config_from_hf(hf)
+
+
+# --- Issue 18 item 6, for the families next to Qwen3 (to move into test_port_llama.py /
+# test_port_gemma3.py, whose owners were not part of this change).
+LLAMA_TINY = dict(TINY, num_key_value_heads=2)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: transformers.MistralConfig(**LLAMA_TINY, sliding_window=4),
+    lambda: transformers.Qwen2Config(**LLAMA_TINY, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+], ids=["mistral-sliding", "qwen2-sliding-layers"])
+def test_llama_family_bidirectional_sliding_parity(make, tmp_path):
+    """Llama-family sliding layers, bidirectional: transformers' is_causal=False masks, |q - k| <= W."""
+    hf = make_hf_model(make())
+    config = make()
+    config.is_causal = False
+    report = check_parity(hf, save(hf, tmp_path / "m"), bidirectional=True, reference_model=_same_weights(hf, config))
+    print(hf.config.model_type, "bidirectional sliding", report)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: transformers.LlamaConfig(**LLAMA_TINY, rope_parameters={
+        "rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}), "partial rotary"),
+    (lambda: transformers.Qwen2Config(**LLAMA_TINY, layer_types=["full_attention", "chunked_attention",
+                                                                "full_attention"]), "chunked_attention"),
+    (lambda: transformers.Qwen2Config(**LLAMA_TINY, layer_types=SLIDING), "sliding_window=None"),
+], ids=["llama-partial-rotary", "qwen2-chunked", "qwen2-sliding-without-window"])
+def test_llama_family_refusals(make, match):
+    with pytest.raises(keytok_jax.UnsupportedConfigError, match=match):
+        config_from_hf(make())
+
+
+def test_gemma3_is_causal_false_with_sliding_layers_is_refused():
+    """transformers' generic bidirectional masks (is_causal=False) differ from EmbeddingGemma's
+    use_bidirectional_attention windows on sliding layers; the port implements only the latter."""
+    config = transformers.Gemma3TextConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"], sliding_window=4,
+        max_position_embeddings=64, query_pre_attn_scalar=24)
+    config.is_causal = False
+    with pytest.raises(keytok_jax.UnsupportedConfigError, match="is_causal=false"):
+        config_from_hf(config)

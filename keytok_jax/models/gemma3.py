@@ -13,6 +13,9 @@ Notes on transformers 5.x behaviour this port reproduces:
   stores the causal window W in ``layer_windows`` and a bidirectional module applies the same
   halving, so keytok's call-time ``attention="bidirectional"`` matches transformers built with the
   flag, and ``attention="causal"`` matches it built without, whichever the checkpoint declares.
+* ``is_causal: false`` without ``use_bidirectional_attention`` makes transformers build its
+  generic bidirectional masks (sliding layers: ``|q - k| <= W``); with sliding layers the port
+  refuses such a config rather than run another window.
 """
 from __future__ import annotations
 
@@ -75,6 +78,12 @@ def config_from_hf(hf) -> DecoderConfig:
         if getattr(hf, "use_bidirectional_attention", False):
             # Gemma3TextConfig.__post_init__ turned the config.json window W into W // 2 + 1; undo it.
             window = (window - 1) * 2
+        elif getattr(hf, "is_causal", True) is False:
+            raise UnsupportedConfigError(
+                f"{family}: is_causal=false without use_bidirectional_attention is not implemented: "
+                f"transformers then lets sliding layers see |q - k| <= sliding_window, keytok_jax's "
+                f"bidirectional Gemma3 follows EmbeddingGemma (use_bidirectional_attention: "
+                f"|q - k| < sliding_window // 2 + 1)")
     if getattr(hf, "attn_logit_softcapping", None) is not None:
         log.info("gemma3_text: attn_logit_softcapping=%s is ignored, as transformers' Gemma3 ignores it",
                  hf.attn_logit_softcapping)
