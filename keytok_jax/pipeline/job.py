@@ -30,7 +30,8 @@ from ..distributed import barrier, init_distributed
 from ..errors import CorpusError
 from ..loading import load_model
 from ..records import FLAG_REPLACED, Doc, EmbedOutput, ReadStats, TokenizedDoc
-from ..settings import DeviceSettings, InputSettings, JobSettings, OutputSettings
+from ..settings import (DeviceSettings, EmbedSettings, InputSettings, JobSettings, OutputSettings,
+                        defaults)
 from .correction import Shift
 from .embedder import EmbedError, Embedder, model_identity
 from .lockstep import shard_schedule
@@ -87,16 +88,33 @@ def take_lock(output, process: int, processes: int) -> store.StoreLock | None:
     return lock
 
 
-def open_store(job: JobSettings, model, shift: Shift | None, source) -> store.StoreWriter:
+# Settings added after stores of format 1 were first written: recorded only when they differ from
+# their defaults, so those stores keep resuming (absent means the default).
+LATER_SETTINGS = ("prompt_name", "model_declares")
+
+
+def recorded_settings(settings: EmbedSettings) -> dict:
+    """What the store records of the embedding: the settings the embedder runs with (for a
+    sentence-transformers folder, its own pooling, prompt and attention, not the preset's)."""
+    out, default = settings.as_dict(), defaults(EmbedSettings)
+    for key in LATER_SETTINGS:
+        if out[key] == default[key]:
+            del out[key]
+    return out
+
+
+def open_store(job: JobSettings, embedder: Embedder, shift: Shift | None,
+               source) -> store.StoreWriter:
     """Create the store, or resume it when its recorded settings are these."""
-    settings, inp, out = job.embed, job.input, job.output
+    settings, inp, out, model = embedder.settings, job.input, job.output, embedder.model
     recorded = {
-        **settings.as_dict(), "model": job.model.model, "model_identity": model_identity(model),
+        **recorded_settings(settings), "model": job.model.model,
+        "model_identity": model_identity(model),
         "dtype": job.model.dtype, "shift": shift.fingerprint() if shift else None,
         "input": str(source), "format": inp.format, "id_field": inp.id_field,
         "text_fields": list(inp.text_fields), "limit": inp.limit,
     }
-    dim = (settings.matryoshka_dim or model.config.output_dim) if out.dense else None
+    dim = (settings.matryoshka_dim or embedder.output_dim) if out.dense else None
     return store.StoreWriter.create_or_resume(
         out.output, recorded, k=settings.top_k, vocab_size=model.config.vocab_size,
         dim=dim, shard_size=out.shard_size)
@@ -334,7 +352,7 @@ def _run_locked(job: JobSettings, process: int, processes: int, t_start: float) 
                         vocab_chunk=job.speed.vocab_chunk)
     schedule = shard_schedule(embedder.mesh, process, processes)
     source = input_source(job.input.input)
-    writer = open_store(job, model, shift, source)
+    writer = open_store(job, embedder, shift, source)
     corpus = open_corpus(job.input, job.output.output, source, process)
     shards = Shards(corpus.docs, writer.shard_size, job.input.limit)
     tally = embed_corpus(embedder, writer, schedule, job, corpus, shards, process, processes)
