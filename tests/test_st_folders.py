@@ -24,6 +24,7 @@ from keytok_jax.loading.st_folder import STFolderError  # noqa: E402
 from keytok_jax.models import FAMILIES  # noqa: E402
 from keytok_jax.pipeline import Embedder  # noqa: E402
 from keytok_jax import store as store_lib  # noqa: E402
+from keytok_jax.retrieval.searcher import embedder_for_store  # noqa: E402
 
 TOL = 1e-4
 TEXTS = ["the quick brown fox", "hello world, how are you today? dogs and foxes are animals", "fox",
@@ -282,3 +283,21 @@ def test_legacy_folder_format(gemma_folder, tmp_path):
         d = _diff(emb.encode(TEXTS, prompt_name=name), ref.encode(TEXTS, prompt_name=name))
         print("legacy layout", name, d)
         assert d <= TOL
+
+
+def test_queries_of_a_store_take_the_folder_query_prompt(gemma_folder, tmp_path):
+    """A store of a sentence-transformers folder embeds its queries as ``encode(prompt_name=
+    "query")`` does (the folder's query prompt), and with the store's own prompt name they are its
+    documents' vectors again."""
+    folder, _ = gemma_folder
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    out = tmp_path / "store"
+    assert embed_main(["--model", str(folder), "--input", str(corpus), "--output", str(out), "--dense",
+                       "--prompt-name", "document", "--no-progress"]) == 0
+    ref = _reference(folder)
+    queries = embedder_for_store(out)
+    assert _diff(queries.encode(TEXTS), ref.encode(TEXTS, prompt_name="query")) <= TOL
+    docs = embedder_for_store(out, prompt_name="document", model=queries.model)
+    dense, _ = _store_dense(out)
+    assert _diff(docs.encode(TEXTS), dense) <= TOL

@@ -31,8 +31,9 @@ import scipy.sparse as sp
 
 from ..errors import SettingsError
 from ..loading import load_model, load_tokenizer
+from ..loading.st_folder import read_st_folder
 from ..pipeline import Embedder, EmbedSettings, Shift, model_identity
-from ..settings.search import MODES, QuerySettings, SearchSettings
+from ..settings.search import MODES, QUERY_PROMPT, QuerySettings, SearchSettings
 from .dense import DenseIndex
 from .fusion import fuse
 from .sparse import SparseIndex, open_store
@@ -45,10 +46,14 @@ _S = SearchSettings()
 
 
 def embedder_for_store(store, *, model=None, shift=None, instruction: str | None = None,
-                       batch_tokens: int = 8192, mesh=None) -> Embedder:
+                       prompt_name: str | None = None, batch_tokens: int = 8192,
+                       mesh=None) -> Embedder:
     """An :class:`~keytok_jax.pipeline.Embedder` with the store's model and settings (what
     ``encode``, ``expand`` and ``dense`` queries need). ``instruction`` replaces the store's
-    instruction for queries (asymmetric models such as e5-mistral instruct queries only). A store
+    instruction for queries (asymmetric models such as e5-mistral instruct queries only); for a
+    sentence-transformers folder, queries take its prompt ``prompt_name``, by default (no
+    ``instruction`` given) its ``query`` prompt when it has one, as
+    ``SentenceTransformer.encode_query`` does. A store
     embedded with a shift needs the same shift file (checked by fingerprint)."""
     store = open_store(store)
     s = store.settings
@@ -68,6 +73,12 @@ def embedder_for_store(store, *, model=None, shift=None, instruction: str | None
     if ident is not None and model_identity(model) != ident:
         raise ValueError(f"{store.path} was embedded with {ident}, the loaded model is "
                          f"{model_identity(model)}")
+    modules = read_st_folder(model.source) if fields.get("model_declares", "follow") == "follow" else None
+    if modules is not None:
+        if prompt_name is None and instruction is None and QUERY_PROMPT in modules.prompts:
+            prompt_name = QUERY_PROMPT
+    if prompt_name is not None:
+        fields["prompt_name"] = prompt_name
     return Embedder(model, EmbedSettings(**fields), shift=shift, batch_tokens=batch_tokens, mesh=mesh)
 
 

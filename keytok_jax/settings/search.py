@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..errors import SettingsError
 from .core import setting
 
-__all__ = ["MODES", "SPARSE_MODES", "ALL_MODES", "QUERY_WEIGHTS", "FUSIONS", "RRF_K",
+__all__ = ["QUERY_PROMPT", "MODES", "SPARSE_MODES", "ALL_MODES", "QUERY_WEIGHTS", "FUSIONS", "RRF_K",
            "SEARCH_FORMATS", "QuerySettings", "SearchSettings", "EvaluateSettings",
            "ExportSettings", "check_factor"]
 
@@ -20,6 +20,8 @@ ALL_MODES = ("bm25",) + MODES                        # evaluate: the BM25 baseli
 QUERY_WEIGHTS = ("idf", "binary")
 FUSIONS = ("rrf", "weighted")
 RRF_K = 60
+# The prompt a sentence-transformers folder's queries take by default (its ``encode_query``).
+QUERY_PROMPT = "query"
 SEARCH_FORMATS = ("text", "jsonl", "trec")
 
 
