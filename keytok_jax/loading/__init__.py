@@ -16,10 +16,10 @@ from .. import sharding
 from ..model import KeytokModel
 from ..models import UnsupportedConfigError, config_from_hf
 from . import cache as param_cache
-from .convert import NP_DTYPES, abstract_params, abstract_variables, convert
+from .convert import NP_DTYPES, abstract_params, abstract_variables, convert, head_name, read_head
 from .gguf_file import GGUFSource, gguf_tokenizer, hf_config_dict, open_reader
 from .save import save_hf_folder, unconvert
-from .sources import WeightError, folder_source, weight_files
+from .sources import OverlaySource, WeightError, folder_source, weight_files
 
 log = logging.getLogger("keytok_jax")
 
@@ -151,7 +151,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache: bool = True,
-               mesh=None) -> KeytokModel:
+               mesh=None, lm_head: str | None = None) -> KeytokModel:
     """Load a decoder LM as a :class:`KeytokModel`.
 
     ``name_or_path``: the alias ``smollm2-135m``, a Hugging Face folder (config.json +
@@ -161,6 +161,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
     such as ``"data=4,model=2"`` (see :mod:`keytok_jax.sharding`); the parameters are then placed
     with the rules' shardings, each device receiving only its slice (from the cache, orbax restores
     each shard onto its device directly). ``None``: everything on the default device.
+    ``lm_head``: a checkpoint (alias, folder, .gguf or hub id; the base model) whose LM head (or
+    tied embedding) becomes this model's head, for a model saved without one (see
+    :func:`_borrowed_head`).
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
@@ -173,7 +176,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
         raise FileNotFoundError(f"{path} has no config.json (nor a .gguf file)")
     files = ([gguf_path] if gguf_path is not None else _weight_files(folder))
     files += [folder / f for f in _BESIDE if (folder / f).exists()]
-    key = param_cache.cache_key(files, dtype)
+    head_path, head_files = _head_files(lm_head) if lm_head is not None else (None, [])
+    key = param_cache.cache_key(files + head_files, dtype)
     hit = param_cache.lookup(key) if cache else None
     params, from_cache = None, False
     if hit is not None:
@@ -205,6 +209,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
             source = folder_source(folder)
         cfg = config_from_hf(hf)
         hf_dict = hf.to_dict()
+        source = _with_head(cfg, source, path, head_path)
         if mesh is None:
             params = jax.tree.map(jnp.asarray, convert(cfg, source, dtype))
         else:   # placed one parameter at a time, device slices read from the file where it can
@@ -213,8 +218,64 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
             param_cache.save(key, params, hf_dict, tokenizer)
     info = {"seconds": time.perf_counter() - t0, "from_cache": from_cache,
             "cache_key": key, "files": [str(f) for f in files], "mesh": sharding.mesh_str(mesh)}
+    if head_path is not None:
+        info["lm_head"] = {"source": str(head_path), "files": [str(f) for f in head_files]}
     return KeytokModel(config=cfg, params=params, tokenizer=tokenizer, dtype=dtype,
                        source=str(path), load_info=info, mesh=mesh, hf_config=hf_dict)
+
+
+def _head_files(lm_head: str) -> tuple[Path, list[Path]]:
+    """The resolved ``lm_head`` source and the files its head is read from (for the cache key)."""
+    path = resolve(lm_head)
+    gguf_path = _gguf_file(path)
+    folder = gguf_path.parent if gguf_path is not None else path
+    if gguf_path is None and not (folder / "config.json").exists():
+        raise FileNotFoundError(f"LM head source {path} has no config.json (nor a .gguf file)")
+    files = [gguf_path] if gguf_path is not None else _weight_files(folder)
+    return path, files + [folder / "config.json"] * (folder / "config.json").exists()
+
+
+def _with_head(cfg, source, path: Path, head_path: Path | None):
+    """``source`` with the head borrowed from ``head_path`` in place of its own; without one, a
+    model that neither has a head nor ties it to the embedding is refused, naming the fix."""
+    name, present = head_name(cfg, source)
+    if head_path is None:
+        if not cfg.tie_word_embeddings and not present:
+            raise WeightError(
+                f"{path} has no LM head ({name}) and does not tie it to the embedding; pass "
+                f"--lm-head BASE_MODEL (the checkpoint it was trained from; load_model(..., lm_head=...))")
+        return source
+    if cfg.tie_word_embeddings:
+        raise WeightError(f"{path} ties its LM head to the token embedding ({name}); --lm-head is for a "
+                          f"model with an untied head, or none")
+    if present:
+        log.info("%s: the LM head %r is replaced by the one of %s", path, name, head_path)
+    return OverlaySource(source, {name: _borrowed_head(head_path, cfg, path)})
+
+
+def _borrowed_head(head_path: Path, cfg, path: Path):
+    """(the [vocab, dim] LM head of ``head_path``, the file it comes from): its ``lm_head``, or its
+    token embedding when it ties them; its shape must be the model's."""
+    gguf_path = _gguf_file(head_path)
+    if gguf_path is not None:
+        reader = open_reader(gguf_path)
+        meta = hf_config_dict(reader, gguf_path)
+        beside = gguf_path.parent / "config.json"
+        hf = _hf_config(gguf_path.parent) if beside.exists() else _hf_config(meta)
+        source = GGUFSource(gguf_path, reader, meta)
+    else:
+        hf, source = _hf_config(head_path), folder_source(head_path)
+    head_cfg = config_from_hf(hf)
+    name, present = head_name(head_cfg, source)
+    if not present:
+        raise WeightError(f"LM head source {head_path} has no LM head either (missing tensor {name!r} "
+                          f"in {source.file_of(name)})")
+    value = read_head(head_cfg, source)
+    want = (cfg.vocab_size, cfg.output_dim)
+    if tuple(value.shape) != want:
+        raise WeightError(f"the LM head {name!r} of {source.file_of(name)} has shape {tuple(value.shape)}, "
+                          f"but {path} needs [vocab, hidden] = {want}")
+    return value, source.file_of(name)
 
 
 def _shardings(cfg, dtype: str, mesh):

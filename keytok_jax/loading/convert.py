@@ -59,6 +59,25 @@ def _read(source: TensorSource, entry: Entry, name: str) -> np.ndarray:
     return entry.hook(value) if entry.hook else value
 
 
+def head_entry(cfg: DecoderConfig) -> Entry:
+    """The name-map entry of the matrix logits project through: the LM head, or the token
+    embedding when ``cfg`` ties them."""
+    path = "embed/embedding" if cfg.tie_word_embeddings else "lm_head/embedding"
+    return next(e for e in NAME_MAPS[cfg.family](cfg) if e.path == path)
+
+
+def head_name(cfg: DecoderConfig, source: TensorSource) -> tuple[str, bool]:
+    """(the source's spelling of the head tensor of :func:`head_entry`, whether it holds it)."""
+    name = _resolve(source, head_entry(cfg).hf_name)
+    return name, name in source
+
+
+def read_head(cfg: DecoderConfig, source: TensorSource) -> np.ndarray:
+    """The [vocab, dim] matrix a checkpoint projects logits through (its embedding when tied)."""
+    entry = head_entry(cfg)
+    return np.asarray(_read(source, entry, _resolve(source, entry.hf_name)))
+
+
 def convert(cfg: DecoderConfig, source: TensorSource, dtype: str = "float32", shardings=None) -> dict:
     """Read, transform, stack and check every parameter; returns a nested dict of numpy arrays.
 

@@ -204,6 +204,34 @@ class TorchBinSource(TensorSource):
         return self._tensors[name]
 
 
+class OverlaySource(TensorSource):
+    """``base`` with some tensors given from elsewhere (a borrowed LM head): ``extra`` maps a name
+    to (array, file it came from); those names answer from ``extra``, every other from ``base``."""
+
+    def __init__(self, base: TensorSource, extra: dict[str, tuple[np.ndarray, str]]):
+        self.base, self.extra = base, extra
+        self.files = list(base.files)
+        self.can_slice = base.can_slice
+
+    def names(self):
+        return list(dict.fromkeys(self.base.names() + list(self.extra)))
+
+    def __contains__(self, name):
+        return name in self.extra or name in self.base
+
+    def file_of(self, name):
+        return self.extra[name][1] if name in self.extra else self.base.file_of(name)
+
+    def get(self, name):
+        return self.extra[name][0] if name in self.extra else self.base.get(name)
+
+    def shape(self, name):
+        return tuple(self.extra[name][0].shape) if name in self.extra else self.base.shape(name)
+
+    def get_slice(self, name, index):
+        return self.extra[name][0][index] if name in self.extra else self.base.get_slice(name, index)
+
+
 def weight_files(folder: Path) -> tuple[str, list[Path], Path | None]:
     """(``"st"`` or ``"bin"``, weight files, index file or None) of a Hugging Face folder:
     safetensors preferred, then pytorch_model.bin; single files or sharded with an index."""

@@ -49,9 +49,15 @@ _SHOWN_ROWS = 10
 
 def model_identity(model: KeytokModel) -> dict:
     """Name and size of each source file of a model, as a store records it: stable across
-    reinstalls (unlike mtimes)."""
-    return {"source": Path(model.source).name,
-            "files": [[Path(f).name, Path(f).stat().st_size] for f in model.load_info["files"]]}
+    reinstalls (unlike mtimes); with a borrowed LM head (``--lm-head``), its source and files too
+    (absent otherwise, so stores written before it still resume)."""
+    ident = {"source": Path(model.source).name,
+             "files": [[Path(f).name, Path(f).stat().st_size] for f in model.load_info["files"]]}
+    head = model.load_info.get("lm_head")
+    if head:
+        ident["lm_head"] = {"source": Path(head["source"]).name,
+                            "files": [[Path(f).name, Path(f).stat().st_size] for f in head["files"]]}
+    return ident
 
 
 def position_limit(config) -> int | None:

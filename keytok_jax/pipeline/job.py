@@ -59,7 +59,8 @@ def load_job_model(job: JobSettings, processes: int):
     mesh = sharding.parse_mesh(devices.mesh, global_mesh=bool(devices.global_mesh))
     # Several processes: no orbax parameter cache (its multi-process saves and restores are
     # collective over global arrays; here each process holds its own copy).
-    return load_model(job.model.model, dtype=job.model.dtype, mesh=mesh, cache=processes == 1)
+    return load_model(job.model.model, dtype=job.model.dtype, mesh=mesh, cache=processes == 1,
+                      lm_head=job.model.lm_head)
 
 
 def input_source(input: str) -> Path | str:

@@ -121,6 +121,10 @@ class EmbedSettings:
 class ModelSettings:
     model: str = setting(DEFAULT_MODEL, "alias, Hugging Face folder, .gguf file or hub id")
     dtype: str = setting("float32", "parameter dtype", choices=("float32", "bfloat16"))
+    lm_head: str | None = setting(None, "borrow the LM head from this checkpoint (alias, folder, "
+                                  ".gguf or hub id: the base model the embedder was trained from) "
+                                  "for a model saved without one (bare LlamaModel/MistralModel "
+                                  "weights, no lm_head.weight, untied)", metavar="BASE_MODEL")
     shift: str | None = setting(None, "first-component shift file (written by python -m "
                                 "keytok_jax.spectral) applied before the LM-head projection")
 
