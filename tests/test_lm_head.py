@@ -8,6 +8,7 @@ import pytest
 import transformers
 
 import keytok_jax
+from keytok_jax.retrieval.searcher import embedder_for_store
 from keytok_jax.cli.embed import main as embed_main
 from keytok_jax.errors import KeytokError
 from keytok_jax.loading.sources import WeightError
@@ -156,6 +157,10 @@ def test_cli_borrowed_head_equals_full_model(smol_pair, tmp_path, capsys):
     # the same head resumes
     assert embed_main(["--model", str(bare), "--lm-head", str(base), "--output", str(tmp_path / "borrowed")]
                       + common) == 0
+    # queries of the borrowed store reload the model with its head (recorded in the store)
+    queries = [embedder_for_store(tmp_path / name).encode(["alpha beta protein"], output_value=None)
+               for name in ("full", "borrowed")]
+    assert np.array_equal(queries[0].token_ids, queries[1].token_ids)
 
 
 def test_head_from_a_gguf_base(pair, tmp_path):

@@ -243,11 +243,13 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, model: str | KeytokModel = "smollm2-135m", *, dtype: str = "float32",
                         shift: Shift | str | None = None, batch_tokens: int = 8192,
-                        vocab_chunk: int = 4096, mesh=None, **settings) -> "Embedder":
+                        vocab_chunk: int = 4096, mesh=None, lm_head: str | None = None,
+                        **settings) -> "Embedder":
         """``Embedder.from_pretrained("smollm2-135m", pooling="mean", prompt=..., instruction=...,
-        attention="causal", max_length=512, top_k=64, weighting="relu", mesh="data=4,model=2")``."""
+        attention="causal", max_length=512, top_k=64, weighting="relu", mesh="data=4,model=2")``;
+        ``lm_head`` borrows the head of a base checkpoint (see ``load_model``)."""
         if isinstance(model, str):
-            model = load_model(model, dtype=dtype, mesh=mesh)
+            model = load_model(model, dtype=dtype, mesh=mesh, lm_head=lm_head)
         if isinstance(shift, (str, Path)):
             shift = Shift.load(shift)
         return cls(model, EmbedSettings(**settings), shift=shift, batch_tokens=batch_tokens,

@@ -110,6 +110,8 @@ def open_store(job: JobSettings, embedder: Embedder, shift: Shift | None,
     settings, inp, out, model = embedder.settings, job.input, job.output, embedder.model
     recorded = {
         **recorded_settings(settings), "model": job.model.model,
+        # recorded only when borrowed, so stores written before --lm-head still resume
+        **({"lm_head": job.model.lm_head} if job.model.lm_head else {}),
         "model_identity": model_identity(model),
         "dtype": job.model.dtype, "shift": shift.fingerprint() if shift else None,
         "input": str(source), "format": inp.format, "id_field": inp.id_field,

@@ -68,7 +68,7 @@ def embedder_for_store(store, *, model=None, shift=None, instruction: str | None
         raise ValueError(f"{store.path} was embedded with shift {want!r}; queries need the same shift "
                          f"file (given: {got!r})")
     if model is None:
-        model = load_model(s["model"], dtype=s.get("dtype", "float32"))
+        model = load_model(s["model"], dtype=s.get("dtype", "float32"), lm_head=s.get("lm_head"))
     ident = s.get("model_identity")
     if ident is not None and model_identity(model) != ident:
         raise ValueError(f"{store.path} was embedded with {ident}, the loaded model is "
