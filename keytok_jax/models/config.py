@@ -124,3 +124,16 @@ def rope_from_hf(hf, head_dim: int, family: str, params: dict | None = None) -> 
             original_max_positions=int(params["original_max_position_embeddings"]))
     raise UnsupportedConfigError(
         f"{family}: rope type {kind!r} is not implemented by keytok_jax (supported: default, linear, llama3)")
+
+
+def whole_head_rope(hf, head_dim: int, family: str, params: dict | None = None,
+                    where: str = "") -> RopeConfig:
+    """:func:`rope_from_hf` for families whose transformers code rotates whole heads: its default
+    rotary table ignores ``partial_rotary_factor`` and the scaled ones do not fit the heads, so
+    neither is what a partial rotation computes, and a partial factor is refused."""
+    rope = rope_from_hf(hf, head_dim, family, params)
+    if rope.rotary_dim != head_dim:
+        raise UnsupportedConfigError(
+            f"{family}: partial rotary embeddings ({where}rotary_dim={rope.rotary_dim}, "
+            f"head_dim={head_dim}) are not implemented (transformers' {family} rotates whole heads)")
+    return rope

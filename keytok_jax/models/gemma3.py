@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from .config import DecoderConfig, UnsupportedConfigError, refuse_unless, rope_from_hf
+from .config import DecoderConfig, UnsupportedConfigError, refuse_unless, whole_head_rope
 from .decoder import Block, Decoder
 from .layers import Attention, GatedMLP, RMSNorm, attention_mask
 
@@ -42,12 +42,8 @@ def _layer_rope(hf, layer_type: str, head_dim: int):
         raise UnsupportedConfigError(
             f"gemma3_text: rope_parameters has no entry for {layer_type!r} (expected nested per-layer-type "
             f"rope parameters, as transformers 5 writes them)")
-    rope = rope_from_hf(hf, head_dim, "gemma3_text", params=dict(params[layer_type]))
-    if rope.rotary_dim != head_dim:
-        raise UnsupportedConfigError(
-            f"gemma3_text: partial rotary embeddings ({layer_type}: rotary_dim={rope.rotary_dim}, "
-            f"head_dim={head_dim}) are not implemented (transformers' Gemma3 rotates whole heads)")
-    return rope
+    return whole_head_rope(hf, head_dim, "gemma3_text", params=dict(params[layer_type]),
+                           where=f"{layer_type}: ")
 
 
 def config_from_hf(hf) -> DecoderConfig:

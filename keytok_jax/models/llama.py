@@ -8,7 +8,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .config import DecoderConfig, UnsupportedConfigError, refuse_unless, rope_from_hf
+from .config import DecoderConfig, UnsupportedConfigError, refuse_unless, whole_head_rope
 from .decoder import Block, Decoder
 from .layers import Attention, GatedMLP, RMSNorm, attention_mask
 
@@ -38,13 +38,7 @@ def config_from_hf(hf) -> DecoderConfig:
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     bias = bool(getattr(hf, "attention_bias", False))
     qkv_bias = True if family == "qwen2" else bias
-    rope = rope_from_hf(hf, head_dim, family)
-    if rope.rotary_dim != head_dim:
-        # transformers' default rotary table ignores partial_rotary_factor (whole heads rotate) and
-        # the scaled ones do not fit the heads: neither is what a partial rotation computes
-        raise UnsupportedConfigError(
-            f"{family}: partial rotary embeddings (rotary_dim={rope.rotary_dim}, head_dim={head_dim}) are not "
-            f"implemented (transformers' {family} rotates whole heads)")
+    rope = whole_head_rope(hf, head_dim, family)
     return DecoderConfig(
         family="llama", model_type=family,
         vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
@@ -60,6 +54,8 @@ def config_from_hf(hf) -> DecoderConfig:
 
 
 class LlamaBlock(Block):
+    qk_norm = False   # Qwen3: per-head q/k RMSNorm (plain w, not Gemma's 1 + w) before RoPE
+
     @nn.compact
     def __call__(self, hidden, positions, valid, rope, layer):
         cfg, dt = self.cfg, self.dtype
@@ -69,7 +65,9 @@ class LlamaBlock(Block):
             window = jnp.where(window > 0, window + 1, 0)
         mask = attention_mask(positions, valid, self.causal, window)
         h = RMSNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
-        hidden = hidden + Attention(cfg, dt, causal=self.causal, name="attn")(h, mask, self.layer_rope(rope, layer))
+        attn = Attention(cfg, dt, causal=self.causal, qk_norm=self.qk_norm, qk_norm_gemma=False,
+                         name="attn")
+        hidden = hidden + attn(h, mask, self.layer_rope(rope, layer))
         h = RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(hidden)
         hidden = hidden + GatedMLP(cfg, dt, name="mlp")(h)
         return self.out(hidden)

@@ -18,12 +18,8 @@ Notes on transformers 5.x behaviour this port reproduces:
 """
 from __future__ import annotations
 
-import flax.linen as nn
-import jax.numpy as jnp
-
-from .config import DecoderConfig, UnsupportedConfigError, refuse_unless, rope_from_hf
-from .decoder import Block, Decoder
-from .layers import Attention, GatedMLP, RMSNorm, attention_mask
+from .config import DecoderConfig, UnsupportedConfigError, refuse_unless, whole_head_rope
+from .llama import Llama, LlamaBlock
 
 MODEL_TYPES = ("qwen3",)
 _LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -60,11 +56,7 @@ def config_from_hf(hf) -> DecoderConfig:
     family = hf.model_type
     refuse_unless(hf, {"hidden_act": _ACTIVATIONS}, family)
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    rope = rope_from_hf(hf, head_dim, family)
-    if rope.rotary_dim != head_dim:
-        raise UnsupportedConfigError(
-            f"{family}: partial rotary embeddings (rotary_dim={rope.rotary_dim}, head_dim={head_dim}) are not "
-            f"implemented (transformers' Qwen3 rotates whole heads)")
+    rope = whole_head_rope(hf, head_dim, family)
     bias = bool(getattr(hf, "attention_bias", False))
     return DecoderConfig(
         family="qwen3", model_type=family,
@@ -80,28 +72,9 @@ def config_from_hf(hf) -> DecoderConfig:
     )
 
 
-class Qwen3Block(Block):
-    @nn.compact
-    def __call__(self, hidden, positions, valid, rope, layer):
-        cfg, dt = self.cfg, self.dtype
-        window = layer["window"]
-        if not self.causal:
-            # transformers' bidirectional sliding mask: |q - k| <= W
-            window = jnp.where(window > 0, window + 1, 0)
-        mask = attention_mask(positions, valid, self.causal, window)
-        h = RMSNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
-        attn = Attention(cfg, dt, causal=self.causal, qk_norm=True, qk_norm_gemma=False, name="attn")
-        hidden = hidden + attn(h, mask, self.layer_rope(rope, layer))
-        h = RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(hidden)
-        hidden = hidden + GatedMLP(cfg, dt, name="mlp")(h)
-        return self.out(hidden)
+class Qwen3Block(LlamaBlock):
+    qk_norm = True
 
 
-class Qwen3(Decoder):
+class Qwen3(Llama):
     Block = Qwen3Block
-
-    def setup_family(self):
-        self.final_norm = RMSNorm(self.cfg.norm_eps, self.dtype, name="final_norm")
-
-    def finish(self, hidden):
-        return self.final_norm(hidden)
