@@ -32,25 +32,32 @@ def _sliding_windows(hf, n_layers: int) -> tuple[int, ...]:
     return (window,) * n_layers if hf.model_type == "mistral" else (0,) * n_layers
 
 
-def config_from_hf(hf) -> DecoderConfig:
-    family = hf.model_type
-    refuse_unless(hf, {"hidden_act": ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh")}, family)
+def llama_shaped_config(hf, family: str, activations: tuple, windows, **fields) -> DecoderConfig:
+    """The DecoderConfig of a Llama-shaped HF config (RMSNorm, rotary on whole heads, GQA, gated
+    MLP): the fields every such family reads alike; ``windows(hf)`` gives the per-layer sliding
+    windows (checked after the activation and the rope) and ``fields`` the family's biases."""
+    refuse_unless(hf, {"hidden_act": activations}, hf.model_type)
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    bias = bool(getattr(hf, "attention_bias", False))
-    qkv_bias = True if family == "qwen2" else bias
-    rope = whole_head_rope(hf, head_dim, family)
+    rope = whole_head_rope(hf, head_dim, hf.model_type)
     return DecoderConfig(
-        family="llama", model_type=family,
+        family=family, model_type=hf.model_type,
         vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
         num_heads=hf.num_attention_heads,
         num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
         head_dim=head_dim, intermediate_size=hf.intermediate_size, norm_eps=hf.rms_norm_eps,
         activation=hf.hidden_act, tie_word_embeddings=bool(hf.tie_word_embeddings),
         max_positions=hf.max_position_embeddings,
-        qkv_bias=qkv_bias, out_bias=bias, mlp_bias=bool(getattr(hf, "mlp_bias", False)),
-        layer_windows=_sliding_windows(hf, hf.num_hidden_layers),
-        rope=rope,
+        layer_windows=windows(hf), rope=rope, **fields,
     )
+
+
+def config_from_hf(hf) -> DecoderConfig:
+    bias = bool(getattr(hf, "attention_bias", False))
+    return llama_shaped_config(
+        hf, "llama", ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh"),
+        lambda hf: _sliding_windows(hf, hf.num_hidden_layers),
+        qkv_bias=True if hf.model_type == "qwen2" else bias, out_bias=bias,
+        mlp_bias=bool(getattr(hf, "mlp_bias", False)))
 
 
 class LlamaBlock(Block):

@@ -18,8 +18,8 @@ Notes on transformers 5.x behaviour this port reproduces:
 """
 from __future__ import annotations
 
-from .config import DecoderConfig, UnsupportedConfigError, refuse_unless, whole_head_rope
-from .llama import Llama, LlamaBlock
+from .config import DecoderConfig, UnsupportedConfigError
+from .llama import Llama, LlamaBlock, llama_shaped_config
 
 MODEL_TYPES = ("qwen3",)
 _LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -53,23 +53,10 @@ def _layer_windows(hf) -> tuple[int, ...]:
 
 
 def config_from_hf(hf) -> DecoderConfig:
-    family = hf.model_type
-    refuse_unless(hf, {"hidden_act": _ACTIVATIONS}, family)
-    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    rope = whole_head_rope(hf, head_dim, family)
     bias = bool(getattr(hf, "attention_bias", False))
-    return DecoderConfig(
-        family="qwen3", model_type=family,
-        vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
-        num_heads=hf.num_attention_heads,
-        num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
-        head_dim=head_dim, intermediate_size=hf.intermediate_size, norm_eps=hf.rms_norm_eps,
-        activation=hf.hidden_act, tie_word_embeddings=bool(hf.tie_word_embeddings),
-        max_positions=hf.max_position_embeddings,
-        qkv_bias=bias, out_bias=bias, mlp_bias=False,
-        layer_windows=_layer_windows(hf),
-        rope=rope,
-    )
+    # transformers' Qwen3 ignores mlp_bias
+    return llama_shaped_config(hf, "qwen3", _ACTIVATIONS, _layer_windows, qkv_bias=bias,
+                               out_bias=bias, mlp_bias=False)
 
 
 class Qwen3Block(LlamaBlock):
