@@ -265,17 +265,11 @@ def read_manifest(path: Path) -> dict:
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path}: not a store (it is a file, not a directory)")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest = _read_json_object(mpath, "manifest")
     except FileNotFoundError:
         if not path.exists():
             raise StoreError(f"{path}: no such store (the directory does not exist)") from None
         raise StoreError(f"{path} is not a keytok_jax store: {MANIFEST} not found") from None
-    except OSError as e:
-        raise StoreError(f"{mpath}: cannot read the manifest: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{mpath}: unreadable manifest: {e}") from None
-    if not isinstance(manifest, dict):
-        raise StoreError(f"{mpath}: unreadable manifest: not a JSON object")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreError(f"{mpath}: format_version {version!r}; this keytok_jax reads "
@@ -295,15 +289,24 @@ def list_records(path: Path) -> dict[int, Path]:
     return out
 
 
+def _read_json_object(p: Path, what: str) -> dict:
+    """The JSON object in ``p``; a missing file raises FileNotFoundError (each caller says what
+    that means), anything else unreadable a StoreError naming ``what``."""
+    try:
+        value = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise StoreError(f"{p}: cannot read the {what}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{p}: unreadable {what}: {e}") from None
+    if not isinstance(value, dict):
+        raise StoreError(f"{p}: unreadable {what}: not a JSON object")
+    return value
+
+
 def load_record(p: Path) -> dict:
     try:
-        record = json.loads(p.read_text(encoding="utf-8"))
+        return _read_json_object(p, "shard record")
     except FileNotFoundError:
         raise StoreError(f"{p}: shard record not found") from None
-    except OSError as e:
-        raise StoreError(f"{p}: cannot read the shard record: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{p}: unreadable shard record: {e}") from None
-    if not isinstance(record, dict):
-        raise StoreError(f"{p}: unreadable shard record: not a JSON object")
-    return record
