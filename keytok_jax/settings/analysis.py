@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .core import defaults, read_preset, setting
-from .embed import INPUT_FORMATS, JOB_GROUPS, JOB_PRESET, EmbedSettings
+from .embed import INPUT_FORMATS, JOB_GROUPS, JOB_PRESET, EmbedSettings, InputSettings
 
 __all__ = ["PRECISIONS", "TEXT_FORMATS", "ANALYSIS_PRESET", "EMBED_FLAGS", "TextSettings",
            "RunSettings", "ComponentSettings", "ReportSettings", "AlignSettings", "ShiftSettings",
@@ -62,6 +62,10 @@ def sts_embedding(flags: Mapping[str, Any], config=None) -> tuple[str, dict]:
     return opts["model"], {k: v for k, v in opts.items() if k in _EMBED_FIELDS}
 
 
+# Corpus fields read as the embed job reads them.
+_CORPUS = defaults(InputSettings)
+
+
 @dataclass(frozen=True)
 class TextSettings:
     texts: str | None = setting(None, "texts to embed: .txt (one per line), .jsonl/.tsv/.parquet/"
@@ -74,8 +78,8 @@ class TextSettings:
     gold: str | None = setting(None, "sts: gold score file (default: the STS.gs.* beside the input)")
     no_sts_cleanup: bool = setting(False, "sts: keep ' .' and ' ?' (the official loader removes "
                                    "them)")
-    id_field: str = setting("_id", "jsonl/parquet id field")
-    text_fields: tuple = setting(("title", "text"), "jsonl/parquet fields joined into the text",
+    id_field: str = setting(_CORPUS["id_field"], "jsonl/parquet id field")
+    text_fields: tuple = setting(_CORPUS["text_fields"], "jsonl/parquet fields joined into the text",
                                  nargs="+")
     limit: int | None = setting(None, "use only the first N texts / store rows")
 
