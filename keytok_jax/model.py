@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .models import DecoderConfig, build_module
+from .models.layers import check_attention_impl
 
 ATTENTION_MODES = ("causal", "bidirectional")
 
@@ -41,18 +42,20 @@ class KeytokModel:
     mesh: Any = None   # the jax.sharding.Mesh the parameters are laid out on (None: one device)
     hf_config: dict = field(default_factory=dict)  # transformers config dict (what save_hf_folder writes)
 
-    def module(self, attention: str = "causal", all_layers: bool = False):
+    def module(self, attention: str = "causal", all_layers: bool = False, impl: str = "xla"):
+        """The Flax module; ``impl`` picks the attention implementation, "xla" or "fused" (see
+        ``keytok_jax.models.layers.attend``)."""
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         return build_module(self.config, jnp.dtype(self.dtype), causal=attention == "causal",
-                            all_layers=all_layers)
+                            all_layers=all_layers, attention_impl=check_attention_impl(impl))
 
     def hidden_states(self, input_ids, attention_mask=None, attention: str = "causal",
-                      all_layers: bool = False):
+                      all_layers: bool = False, impl: str = "xla"):
         """Final hidden states [batch, seq, dim]. With ``all_layers=True`` returns
         ``(final, layers)`` where ``layers [num_layers + 1, batch, seq, hidden]`` holds the embedding
         output and each block's output (transformers' ``hidden_states[:-1]`` plus the last block's
-        output before the final norm)."""
+        output before the final norm). ``impl``: attention implementation, "xla" or "fused"."""
         input_ids = jnp.asarray(input_ids, jnp.int32)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -60,7 +63,8 @@ class KeytokModel:
         if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
             raise ValueError(f"input_ids and attention_mask must both be [batch, seq]; got "
                              f"{input_ids.shape} and {attention_mask.shape}")
-        return _apply_hidden(self.module(attention, all_layers), self.params, input_ids, attention_mask)
+        return _apply_hidden(self.module(attention, all_layers, impl), self.params, input_ids,
+                             attention_mask)
 
     @property
     def lm_head(self):

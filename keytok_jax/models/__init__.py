@@ -50,8 +50,10 @@ def config_from_hf(hf) -> DecoderConfig:
     return family_for(hf.model_type).config_from_hf(hf)
 
 
-def build_module(cfg: DecoderConfig, dtype, causal: bool = True, all_layers: bool = False) -> Decoder:
-    return FAMILIES[cfg.model_type].module(cfg, dtype=dtype, causal=causal, all_layers=all_layers)
+def build_module(cfg: DecoderConfig, dtype, causal: bool = True, all_layers: bool = False,
+                 attention_impl: str = "xla") -> Decoder:
+    return FAMILIES[cfg.model_type].module(cfg, dtype=dtype, causal=causal, all_layers=all_layers,
+                                           attention_impl=attention_impl)
 
 
 __all__ = ["DecoderConfig", "RopeConfig", "UnsupportedConfigError", "FAMILIES", "family_for",

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import DecoderConfig
-from .layers import Dtype, embed, positions_from_mask, rope_table
+from .layers import Dtype, check_attention_impl, embed, positions_from_mask, rope_table
 
 
 class Block(nn.Module):
@@ -23,6 +23,7 @@ class Block(nn.Module):
     dtype: Dtype = jnp.float32
     causal: bool = True
     all_layers: bool = False
+    attention_impl: str = "xla"   # read by the block's Attention (layers.attend: "xla" | "fused")
 
     def layer_rope(self, rope, layer):
         """Rotary table of this layer: Gemma3's sliding layers use their own."""
@@ -42,10 +43,12 @@ class Decoder(nn.Module):
     dtype: Dtype = jnp.float32
     causal: bool = True
     all_layers: bool = False
+    attention_impl: str = "xla"   # layers.attend's implementation, for every block
     Block: ClassVar[type] = Block
 
     def setup(self):
         cfg = self.cfg
+        check_attention_impl(self.attention_impl)
         self.embed = embed(cfg.vocab_size, cfg.word_embed_proj_dim or cfg.hidden_size, self.dtype, "embed")
         if not cfg.tie_word_embeddings:
             self.lm_head = embed(cfg.vocab_size, cfg.output_dim, self.dtype, "lm_head")
@@ -57,7 +60,8 @@ class Decoder(nn.Module):
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        self.layers = scanned(cfg, self.dtype, self.causal, self.all_layers, name="layers")
+        self.layers = scanned(cfg, self.dtype, self.causal, self.all_layers, self.attention_impl,
+                              name="layers")
         self.setup_family()
 
     # --- family hooks

@@ -115,7 +115,8 @@ class Gemma3Block(Block):
             window = jnp.where(window > 0, window // 2 + 1, 0)
         mask = attention_mask(positions, valid, self.causal, window)
         h = RMSNorm(cfg.norm_eps, dt, gemma=True, name="attn_norm")(hidden)
-        h = Attention(cfg, dt, causal=self.causal, qk_norm=True, name="attn")(h, mask, self.layer_rope(rope, layer))
+        h = Attention(cfg, dt, causal=self.causal, impl=self.attention_impl, qk_norm=True,
+                      name="attn")(h, mask, self.layer_rope(rope, layer))
         hidden = hidden + RMSNorm(cfg.norm_eps, dt, gemma=True, name="post_attn_norm")(h)
         h = RMSNorm(cfg.norm_eps, dt, gemma=True, name="mlp_norm")(hidden)
         h = GatedMLP(cfg, dt, name="mlp")(h)

@@ -48,7 +48,7 @@ class GPT2Block(Block):
         cfg, dt = self.cfg, self.dtype
         mask = attention_mask(positions, valid, self.causal, layer["window"])
         h = LayerNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
-        hidden = hidden + Attention(cfg, dt, causal=self.causal, name="attn")(h, mask)
+        hidden = hidden + Attention(cfg, dt, causal=self.causal, impl=self.attention_impl, name="attn")(h, mask)
         h = LayerNorm(cfg.norm_eps, dt, name="mlp_norm")(hidden)
         hidden = hidden + MLP(cfg, dt, name="mlp")(h)
         return self.out(hidden)

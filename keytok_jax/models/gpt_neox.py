@@ -39,7 +39,7 @@ class GPTNeoXBlock(Block):
     def __call__(self, hidden, positions, valid, rope, layer):
         cfg, dt = self.cfg, self.dtype
         mask = attention_mask(positions, valid, self.causal, layer["window"])
-        attn_out = Attention(cfg, dt, causal=self.causal, name="attn")(
+        attn_out = Attention(cfg, dt, causal=self.causal, impl=self.attention_impl, name="attn")(
             LayerNorm(cfg.norm_eps, dt, name="attn_norm")(hidden), mask, self.layer_rope(rope, layer))
         mlp_norm = LayerNorm(cfg.norm_eps, dt, name="mlp_norm")
         mlp = MLP(cfg, dt, name="mlp")

@@ -72,8 +72,8 @@ class LlamaBlock(Block):
             window = jnp.where(window > 0, window + 1, 0)
         mask = attention_mask(positions, valid, self.causal, window)
         h = RMSNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
-        attn = Attention(cfg, dt, causal=self.causal, qk_norm=self.qk_norm, qk_norm_gemma=False,
-                         name="attn")
+        attn = Attention(cfg, dt, causal=self.causal, impl=self.attention_impl,
+                         qk_norm=self.qk_norm, qk_norm_gemma=False, name="attn")
         hidden = hidden + attn(h, mask, self.layer_rope(rope, layer))
         h = RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(hidden)
         hidden = hidden + GatedMLP(cfg, dt, name="mlp")(h)

@@ -48,7 +48,7 @@ class OPTBlock(Block):
         mask = attention_mask(positions, valid, self.causal, layer["window"])
         attn_norm = LayerNorm(cfg.norm_eps, dt, affine=cfg.norm_affine, name="attn_norm")
         mlp_norm = LayerNorm(cfg.norm_eps, dt, affine=cfg.norm_affine, name="mlp_norm")
-        attn = Attention(cfg, dt, causal=self.causal, name="attn")
+        attn = Attention(cfg, dt, causal=self.causal, impl=self.attention_impl, name="attn")
         mlp = MLP(cfg, dt, name="mlp")
         if cfg.pre_norm:
             hidden = hidden + attn(attn_norm(hidden), mask)
