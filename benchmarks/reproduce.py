@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from beir_subset import judged_subcorpus
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"
@@ -65,21 +67,7 @@ def prepare(out: Path, wiki_lines: int, distractors: int) -> dict[str, Path]:
     if distractors < 0:
         sets["scifact"] = SCIFACT
         return sets
-    sub = data / f"scifact-test+{distractors}"
-    (sub / "qrels").mkdir(parents=True, exist_ok=True)
-    test = (SCIFACT / "qrels" / "test.tsv").read_text()
-    judged = {line.split("\t")[1] for line in test.splitlines()[1:] if line.strip()}
-    kept, extra = [], 0
-    for line in (SCIFACT / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
-        doc_id = json.loads(line)["_id"]
-        if doc_id in judged:
-            kept.append(line)
-        elif extra < distractors:
-            kept.append(line)
-            extra += 1
-    (sub / "corpus.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
-    (sub / "queries.jsonl").write_text((SCIFACT / "queries.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
-    (sub / "qrels" / "test.tsv").write_text(test)
+    sub = judged_subcorpus(SCIFACT, data / f"scifact-test+{distractors}", distractors)
     sets["scifact"] = sub
     return sets
 

@@ -14,6 +14,13 @@ from jax.sharding import PartitionSpec as P
 
 WEIGHTINGS = ("logit", "relu", "log1p_relu")
 
+# Corrections of the pooled vector before the top-k (fitted on corpus statistics, see
+# keytok_jax.pipeline.correction): none; mean = subtract the corpus-mean pooled vector, which is
+# exactly centring each token's logit on its corpus mean (the head is linear, no bias); pc1 =
+# remove the uncentred first principal direction (the paper's common component); mean-pc1 =
+# subtract the mean, then remove the first principal direction of the centred vectors.
+CORRECTIONS = ("none", "mean", "pc1", "mean-pc1")
+
 # Id given to candidates that must never win (the initial carry, and the already-seen rows of an
 # overlapping last chunk): with the (-logit, id) sort key it sorts after every real token id.
 _SENTINEL_ID = jnp.iinfo(jnp.int32).max
@@ -33,6 +40,17 @@ def shift(pooled, direction, lam):
     if direction.shape[-1] != pooled.shape[-1]:
         raise ValueError(f"direction has dim {direction.shape[-1]}, pooled has {pooled.shape[-1]}")
     return pooled + jnp.asarray(lam, jnp.float32) * direction
+
+
+def correct(pooled, vectors):
+    """The affine rank-one correction every :data:`CORRECTIONS` mode (and a shift) reduces to:
+    ``pooled + a + (pooled · u) w`` with ``vectors = [a, u, w]`` (``[3, D]``; all zero is the
+    identity, bit for bit). Returns float32."""
+    pooled = jnp.asarray(pooled).astype(jnp.float32)
+    a, u, w = (jnp.asarray(v, jnp.float32) for v in vectors)
+    along = lax.dot_general(pooled, u, (((pooled.ndim - 1,), (0,)), ((), ())),
+                            precision=lax.Precision.HIGHEST)
+    return pooled + a + along[..., None] * w
 
 
 def _weights(logits, weighting):

@@ -7,6 +7,7 @@ so a stage depends on the records, never on the stage before it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -45,6 +46,7 @@ class EmbedOutput:
     token_weights: np.ndarray  # float32 [N, k]; 0 for empty texts
     lengths: np.ndarray        # int32 [N] tokens the model saw
     flags: np.ndarray          # uint8 [N] FLAG_* bits
+    pooled: np.ndarray | None = None   # float32 [N, hidden] before any correction, on request
 
 
 @dataclass
@@ -64,3 +66,13 @@ class Batch:
     rows: list  # indices of the window's texts it holds, shortest first (a lock-step filler: none)
     seq: int  # padded length: one of the sequence buckets
     variant: int  # its row count is the token budget's rows / 4**variant (keytok_jax.pipeline.plan)
+
+
+@dataclass
+class Corpus:
+    """The input as the corpus job reads it (the fit stage may take its first documents and put
+    them back in front of ``docs``)."""
+    docs: Iterator[Doc]
+    stats: ReadStats
+    total: int | None  # documents to embed: exact for valid input, an upper bound with rejected
+    # lines, None when unknown (standard input)

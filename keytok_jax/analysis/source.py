@@ -81,8 +81,10 @@ class Source:
         self.settings = {**EmbedSettings().as_dict(), **(settings or {})}
         if self.settings.get("normalize") or self.settings.get("matryoshka_dim"):
             raise SettingsError("the spectral analysis needs pooled vectors: no normalize / matryoshka_dim")
+        # the pooled vectors are what is analysed: the sparse side's correction does not apply
         self._embed_settings = EmbedSettings(**{k: v for k, v in self.settings.items()
-                                                if k in EmbedSettings.__dataclass_fields__})
+                                                if k in EmbedSettings.__dataclass_fields__
+                                                and k != "correction"})
         self.model_name = self.model_name or DEFAULT_MODEL
 
     @property

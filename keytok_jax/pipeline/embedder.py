@@ -33,7 +33,7 @@ from ..model import KeytokModel
 from ..pooling import POOLING_METHODS
 from ..records import FLAG_EMPTY, Batch, EmbedOutput, TokenizedDoc
 from ..settings import EmbedSettings
-from .correction import Shift
+from .correction import CorrectionFit, Moments, Shift, correction_vectors, model_hash
 from .lockstep import feed_for
 from .plan import Shapes, pad_batch, seq_buckets
 from .step import RunStats, Step
@@ -133,7 +133,7 @@ def follow_model(model: KeytokModel, settings: EmbedSettings
     return dataclasses.replace(settings, **changes), modules
 
 
-def _check(model: KeytokModel, settings: EmbedSettings, shift: Shift | None, dim: int) -> None:
+def _check(model: KeytokModel, settings: EmbedSettings, dim: int) -> None:
     """Refuse settings this model cannot embed with."""
     if model.tokenizer is None:
         raise SettingsError(f"{model.source} has no tokenizer; the embedder needs one")
@@ -147,10 +147,6 @@ def _check(model: KeytokModel, settings: EmbedSettings, shift: Shift | None, dim
     md = settings.matryoshka_dim
     if md is not None and not 1 <= md <= dim:
         raise SettingsError(f"matryoshka_dim must be in [1, {dim}], got {md}")
-    hidden = model.config.output_dim
-    if shift is not None and shift.direction.shape != (hidden,):
-        raise SettingsError(f"shift direction has shape {shift.direction.shape}, the model's "
-                            f"embeddings have dim {hidden}")
 
 
 class EmbedError(KeytokError):
@@ -201,7 +197,7 @@ class _InFlight:
     """A dispatched batch whose results have not been read yet."""
     rows: np.ndarray  # the window's texts it holds
     padded: int  # tokens this process fed, padding included
-    result: tuple  # device arrays: dense, token ids, token weights
+    result: tuple  # device arrays: dense, pooled, token ids, token weights
 
 
 class Embedder:
@@ -212,7 +208,8 @@ class Embedder:
     with ``dense``, ``token_ids [N, k]``, ``token_weights [N, k]``, ``lengths`` and ``flags``.
 
     The sparse side projects the pooled vector (before normalisation and truncation, after the
-    optional shift) through the LM head and keeps the top-k tokens; selection is by raw logit,
+    settings' ``correction`` with its ``correction_fit`` and the optional shift) through the LM
+    head and keeps the top-k tokens; selection is by raw logit,
     ties go to the lower token id; ``weighting`` maps logits to weights (``logit``; ``relu`` =
     max(logit, 0); ``log1p_relu`` = log(1 + max(logit, 0))).
 
@@ -222,38 +219,71 @@ class Embedder:
     """
 
     def __init__(self, model: KeytokModel, settings: EmbedSettings | None = None, *,
-                 shift: Shift | None = None, batch_tokens: int = 8192, vocab_chunk: int = 4096,
-                 mesh=None):
+                 shift: Shift | None = None, correction_fit: CorrectionFit | None = None,
+                 batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None):
         self.model = model
         self.requested = settings or EmbedSettings()
         self.settings, self.st_modules = follow_model(model, self.requested)
         self.output_dim = (self.st_modules.output_dim(model.config.output_dim) if self.st_modules
                            else model.config.output_dim)
-        _check(model, self.settings, shift, self.output_dim)
+        _check(model, self.settings, self.output_dim)
         self.shift, self.batch_tokens, self.vocab_chunk = shift, batch_tokens, vocab_chunk
+        self.correction_fit = None
+        # checked now (a missing fit is allowed until the first text is embedded)
+        correction = self._correction_vectors(correction_fit, allow_missing=True)
         self._prompt_tokenizers: dict = {}
         self.doc_tokenizer = self._new_tokenizer(self.settings.template())
         self.mesh = sharding.parse_mesh(mesh) if mesh is not None else model.mesh
         self.feed = feed_for(self.mesh)
         self.shapes = Shapes(batch_tokens, tuple(seq_buckets(self.settings.max_length)),
                              self.feed.data_size, self.feed.host_rows)
-        self.step = Step(model, self.settings, shift, vocab_chunk, self.feed, self.st_modules)
+        self.step = Step(model, self.settings, correction, vocab_chunk, self.feed, self.st_modules)
+        self.correction_fit = correction_fit
         self.stats = RunStats()
+
+    def _correction_vectors(self, fit: CorrectionFit | None, allow_missing: bool = False):
+        if fit is not None:
+            fit.check_model(self.model, "the correction fit")
+        mode = self.settings.correction
+        if fit is None and allow_missing:
+            mode = "none"
+        return correction_vectors(mode, self.model.config.output_dim, fit, self.shift)
+
+    def set_correction_fit(self, fit: CorrectionFit) -> None:
+        """Apply the settings' correction with these statistics from now on (no recompilation)."""
+        self.step.set_correction(self._correction_vectors(fit))
+        self.correction_fit = fit
+
+    def fit_correction(self, texts: Sequence[str] | Sequence[TokenizedDoc],
+                       sample: str | None = None) -> CorrectionFit:
+        """Fit the corpus statistics of the correction on these texts (strings, or tokenized
+        docs) and apply them from now on; returns the fit. Empty texts are left out."""
+        docs = self.tokenize(texts) if texts and isinstance(texts[0], str) else list(texts)
+        out = self.embed_tokenized(docs, keep_pooled=True, corrected=False)
+        moments = Moments(self.model.config.output_dim)
+        moments.add(out.pooled[~(out.flags & FLAG_EMPTY).astype(bool)])
+        fit = CorrectionFit.from_moments(moments, sample or f"{len(docs)} texts", model_hash(self.model))
+        self.set_correction_fit(fit)
+        return fit
 
     @classmethod
     def from_pretrained(cls, model: str | KeytokModel = "smollm2-135m", *, dtype: str = "float32",
-                        shift: Shift | str | None = None, batch_tokens: int = 8192,
-                        vocab_chunk: int = 4096, mesh=None, lm_head: str | None = None,
-                        **settings) -> "Embedder":
+                        shift: Shift | str | None = None,
+                        correction_fit: CorrectionFit | str | None = None,
+                        batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None,
+                        lm_head: str | None = None, **settings) -> "Embedder":
         """``Embedder.from_pretrained("smollm2-135m", pooling="mean", prompt=..., instruction=...,
-        attention="causal", max_length=512, top_k=64, weighting="relu", mesh="data=4,model=2")``;
-        ``lm_head`` borrows the head of a base checkpoint (see ``load_model``)."""
+        attention="causal", max_length=512, top_k=64, weighting="relu", correction="pc1",
+        correction_fit="fit.json", mesh="data=4,model=2")``; ``lm_head`` borrows the head of a
+        base checkpoint (see ``load_model``)."""
         if isinstance(model, str):
             model = load_model(model, dtype=dtype, mesh=mesh, lm_head=lm_head)
         if isinstance(shift, (str, Path)):
             shift = Shift.load(shift)
-        return cls(model, EmbedSettings(**settings), shift=shift, batch_tokens=batch_tokens,
-                   vocab_chunk=vocab_chunk, mesh=mesh)
+        if isinstance(correction_fit, (str, Path)):
+            correction_fit = CorrectionFit.load(correction_fit)
+        return cls(model, EmbedSettings(**settings), shift=shift, correction_fit=correction_fit,
+                   batch_tokens=batch_tokens, vocab_chunk=vocab_chunk, mesh=mesh)
 
     # ------------------------------------------------------------------ stages
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedDoc]:
@@ -271,13 +301,22 @@ class Embedder:
 
     # ------------------------------------------------------------------ host loop
     def embed_tokenized(self, docs: Sequence[TokenizedDoc], in_flight: int = 2,
-                        on_batch=None) -> EmbedOutput:
+                        on_batch=None, keep_pooled: bool = False,
+                        corrected: bool = True) -> EmbedOutput:
         """Embed a window of tokenized docs; rows come back in input order.
 
         Docs are sorted by length inside the window, grouped into fixed (rows, seq) shapes and
         dispatched asynchronously with ``in_flight`` batches queued before the host waits.
-        ``on_batch(docs, real_tokens, padded_tokens)`` is called as each batch's results arrive."""
+        ``on_batch(docs, real_tokens, padded_tokens)`` is called as each batch's results arrive.
+        ``keep_pooled``: also return the pooled vectors (``out.pooled``). ``corrected=False``
+        allows a correction without its fit (the fit pass: the top-k are then uncorrected)."""
+        if corrected and self.correction_fit is None and self.settings.correction != "none" and docs:
+            raise SettingsError(f"correction {self.settings.correction!r} needs a fit of corpus "
+                                "statistics: Embedder.fit_correction(texts), or "
+                                "correction_fit=CorrectionFit.load(path)")
         out = self._blank_output(docs)
+        if keep_pooled:
+            out.pooled = np.zeros((len(docs), self.model.config.output_dim), np.float32)
         pending: deque[_InFlight] = deque()
         for batch in self.feed.schedule(self.plan(out.lengths), self.shapes.buckets):
             pending.append(self._dispatch(docs, batch))
@@ -310,11 +349,12 @@ class Embedder:
         return _InFlight(np.asarray(batch.rows, np.int64), host_rows * batch.seq, result)
 
     def _collect(self, done: _InFlight, out: EmbedOutput, on_batch) -> None:
-        dense, ids, weights = (np.asarray(self.feed.local(a)) for a in done.result)
         rows, m = done.rows, len(done.rows)
-        dense, ids, weights = dense[:m], ids[:m], weights[:m]
+        dense, pooled, ids, weights = (np.asarray(self.feed.local(a))[:m] for a in done.result)
         check_outputs(dense, ids, weights, self.model.config.vocab_size, rows)
         out.dense[rows], out.token_ids[rows], out.token_weights[rows] = dense, ids, weights
+        if out.pooled is not None:
+            out.pooled[rows] = pooled
         if on_batch is not None and m:
             on_batch(m, int(out.lengths[rows].sum()), done.padded)
 
@@ -341,7 +381,7 @@ class Embedder:
         parts = [self._encode_window(texts, s, window, tokenizer) for s in starts]
         if parts:
             result = EmbedOutput(*(np.concatenate([getattr(p, f.name) for p in parts])
-                                   for f in dataclasses.fields(EmbedOutput)))
+                                   for f in dataclasses.fields(EmbedOutput) if f.name != "pooled"))
         else:
             result = self.embed_tokenized([])
         if output_value is None:

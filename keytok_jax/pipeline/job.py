@@ -1,6 +1,7 @@
 """The corpus job (``python -m keytok_jax.embed``): a corpus file in, a resumable store out.
 
-    open the store (or resume it) → read the corpus as shards → tokenize each shard in a thread,
+    fit the correction's statistics (or reuse the store's) → open the store (or resume it) →
+    read the corpus as shards → tokenize each shard in a thread,
     one shard ahead of the device → embed it → write it in a thread → finalize → summary
 
 Each shard is ``shard_size`` consecutive input rows, length-sorted inside the embedder into fixed
@@ -20,7 +21,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 from jax.experimental import multihost_utils
@@ -29,11 +30,12 @@ from .. import sharding, store
 from ..distributed import barrier, init_distributed
 from ..errors import CorpusError
 from ..loading import load_model
-from ..records import FLAG_REPLACED, Doc, EmbedOutput, ReadStats, TokenizedDoc
+from ..records import FLAG_REPLACED, Corpus, Doc, EmbedOutput, ReadStats, TokenizedDoc
 from ..settings import (DeviceSettings, EmbedSettings, InputSettings, JobSettings, OutputSettings,
                         defaults)
-from .correction import Shift
+from .correction import CorrectionFit, Shift
 from .embedder import EmbedError, Embedder, model_identity
+from .fitting import attach_fit, fit_settings, job_fit
 from .lockstep import shard_schedule
 from .preflight import STDIN, check_job
 from .read import count_docs, read_corpus
@@ -91,7 +93,7 @@ def take_lock(output, process: int, processes: int) -> store.StoreLock | None:
 
 # Settings added after stores of format 1 were first written: recorded only when they differ from
 # their defaults, so those stores keep resuming (absent means the default).
-LATER_SETTINGS = ("prompt_name", "model_declares")
+LATER_SETTINGS = ("prompt_name", "model_declares", "correction")
 
 
 def recorded_settings(settings: EmbedSettings) -> dict:
@@ -104,9 +106,10 @@ def recorded_settings(settings: EmbedSettings) -> dict:
     return out
 
 
-def open_store(job: JobSettings, embedder: Embedder, shift: Shift | None,
-               source) -> store.StoreWriter:
-    """Create the store, or resume it when its recorded settings are these."""
+def open_store(job: JobSettings, embedder: Embedder, shift: Shift | None, source,
+               fit: CorrectionFit | None = None) -> store.StoreWriter:
+    """Create the store, or resume it when its recorded settings are these (the correction's
+    fit among them)."""
     settings, inp, out, model = embedder.settings, job.input, job.output, embedder.model
     recorded = {
         **recorded_settings(settings), "model": job.model.model,
@@ -115,21 +118,12 @@ def open_store(job: JobSettings, embedder: Embedder, shift: Shift | None,
         "model_identity": model_identity(model),
         "dtype": job.model.dtype, "shift": shift.fingerprint() if shift else None,
         "input": str(source), "format": inp.format, "id_field": inp.id_field,
-        "text_fields": list(inp.text_fields), "limit": inp.limit,
+        "text_fields": list(inp.text_fields), "limit": inp.limit, **fit_settings(job, fit),
     }
     dim = (settings.matryoshka_dim or embedder.output_dim) if out.dense else None
     return store.StoreWriter.create_or_resume(
         out.output, recorded, k=settings.top_k, vocab_size=model.config.vocab_size,
         dim=dim, shard_size=out.shard_size)
-
-
-@dataclass
-class Corpus:
-    """The input as the job reads it."""
-    docs: Iterator[Doc]
-    stats: ReadStats
-    total: int | None  # documents to embed: exact for valid input, an upper bound with rejected
-    # lines, None when unknown (standard input)
 
 
 def open_corpus(inp: InputSettings, output, source, process: int) -> Corpus:
@@ -303,7 +297,8 @@ def finalize(writer: store.StoreWriter, shards: Shards, process: int, out: Outpu
 
 
 def summary(output, embedder: Embedder, manifest: dict, num_shards: int, tally: Tally,
-            corpus: Corpus, process: int, processes: int, load_seconds: float, wall: float) -> dict:
+            corpus: Corpus, process: int, processes: int, load_seconds: float, wall: float,
+            fit_report: dict) -> dict:
     st = embedder.stats
     counters = manifest["counters"]  # sums of the shard records' flag counts
     return {
@@ -318,6 +313,7 @@ def summary(output, embedder: Embedder, manifest: dict, num_shards: int, tally: 
         "replaced_utf8": counters["replaced"],
         "rejected": corpus.stats.rejected, "compiles": st.compiles,
         "compile_seconds": round(st.compile_seconds, 2), "load_seconds": round(load_seconds, 2),
+        "correction": embedder.settings.correction, **fit_report,
         "wall_seconds": round(wall, 2),
         "docs_per_s": round(tally.embedded_docs / max(wall, 1e-9), 2),
         "real_tokens_per_s": round(st.real_tokens / max(wall, 1e-9), 1),
@@ -355,15 +351,18 @@ def _run_locked(job: JobSettings, process: int, processes: int, t_start: float) 
                         vocab_chunk=job.speed.vocab_chunk)
     schedule = shard_schedule(embedder.mesh, process, processes)
     source = input_source(job.input.input)
-    writer = open_store(job, embedder, shift, source)
     corpus = open_corpus(job.input, job.output.output, source, process)
+    fit, fit_report = job_fit(job, embedder, source, corpus, processes)
+    writer = open_store(job, embedder, shift, source, fit)
+    if process == 0:
+        attach_fit(writer, fit)
     shards = Shards(corpus.docs, writer.shard_size, job.input.limit)
     tally = embed_corpus(embedder, writer, schedule, job, corpus, shards, process, processes)
     if shards.count == 0:
         raise CorpusError(f"{source}: no documents to embed")
     manifest = finalize(writer, shards, process, job.output)
     return summary(job.output.output, embedder, manifest, shards.count, tally, corpus, process,
-                   processes, load_seconds, time.perf_counter() - t_start)
+                   processes, load_seconds, time.perf_counter() - t_start, fit_report)
 
 
 def embed_corpus(embedder: Embedder, writer: store.StoreWriter, schedule: ShardSchedule,

@@ -15,7 +15,8 @@ store behind (which would then refuse the corrected command).
   a directory, a path under a regular file, a parent that does not exist (the default rejects file
   sits beside the store, whose parent is created with it) or is not writable, an existing file that
   is not writable, the input corpus itself. The files themselves are not created here.
-- ``--shift``: missing or unreadable.
+- ``--shift``, ``--correction-fit``: missing or unreadable; ``--correction-fit`` with
+  ``--correction none``.
 - numbers that cannot work: ``--shard-size``, ``--batch-tokens``, ``--vocab-chunk``, ``--limit``,
   ``--matryoshka-dim`` below 1; ``--global-mesh`` without ``--mesh``.
 
@@ -60,6 +61,17 @@ def check_job(job: JobSettings) -> None:
         _not_the_input("--summary-json", job.output.summary_json, job.input.input)
     if job.model.shift:
         check_readable_file("--shift", job.model.shift)
+    _check_fit(job)
+
+
+def _check_fit(job: JobSettings) -> None:
+    """A fit file is only given with a correction, and is readable."""
+    if job.embed.correction == "none":
+        if job.fit.correction_fit:
+            raise SettingsError("--correction-fit: has no effect with --correction none")
+        return
+    if job.fit.correction_fit:
+        check_readable_file("--correction-fit", job.fit.correction_fit)
 
 
 def _check_numbers(job: JobSettings) -> None:

@@ -1,8 +1,9 @@
 """Step: one jitted program per batch shape does the whole device side of the embedding.
 
-forward pass → pooling → correction (the optional first-component shift) → LM-head top-k over
-vocabulary chunks; the dense side of a sentence-transformers folder goes on through its Dense and
-Normalize modules (the top-k projects the pooled vector before them, through the backbone's head). Only pooled vectors and the top-k come back to the host. Programs are compiled
+forward pass → pooling → correction (:func:`keytok_jax.projection.correct`: the fitted
+corpus correction and the optional first-component shift, a runtime argument, so fitting it
+needs no second compilation) → LM-head top-k over vocabulary chunks; the dense side of a sentence-transformers folder goes on through its Dense and
+Normalize modules (the top-k projects the pooled vector before them, through the backbone's head). Only the dense and pooled vectors and the top-k come back to the host. Programs are compiled
 once per ``(rows, seq)`` shape and kept. With a mesh, parameters are placed by the rules of
 :mod:`keytok_jax.sharding`, batches are split over ``data`` and the top-k over ``model``
 (:func:`~keytok_jax.projection.sharded_topk_projection`: same ids and ties).
@@ -22,10 +23,9 @@ from ..loading.convert import abstract_variables
 from ..model import KeytokModel
 from ..loading.st_folder import SentenceTransformerModules
 from ..pooling import dense_layer, l2_normalize, pool
-from ..projection import sharded_topk_projection, topk_projection
+from ..projection import correct, sharded_topk_projection, topk_projection
 from ..records import Batch
 from ..settings import EmbedSettings
-from .correction import Shift
 
 __all__ = ["RunStats", "Feed", "Step"]
 
@@ -102,8 +102,8 @@ def _post(modules: SentenceTransformerModules | None):
 
 def _device_step(model: KeytokModel, settings: EmbedSettings, chunk: int, mesh,
                  modules: SentenceTransformerModules | None = None):
-    """The step function: ``(params, ids, mask, pool_mask, shift_vec) → (dense, token ids, token
-    weights)``; a sentence-transformers folder's step takes its Dense layers' arrays
+    """The step function: ``(params, ids, mask, pool_mask, correction) → (dense, pooled, token ids,
+    token weights)``; a sentence-transformers folder's step takes its Dense layers' arrays
     (:func:`module_params`) as a sixth argument."""
     module = model.module(settings.attention)
     s = settings
@@ -113,30 +113,34 @@ def _device_step(model: KeytokModel, settings: EmbedSettings, chunk: int, mesh,
     # sentence-transformers ranks weightedmean positions over every real token (prompt included)
     rank_by_mask = modules is not None and method == "weighted_mean"
 
-    def step(params, ids, mask, pool_mask, shift_vec, dense_params=()):
+    def step(params, ids, mask, pool_mask, correction, dense_params=()):
         hidden = module.apply({"params": params}, ids, mask)
         pooled = pool(hidden, pool_mask, method, mask if rank_by_mask else None)
+        corrected = correct(pooled, correction)
         if mesh is None:
-            tok_ids, tok_w = topk_projection(pooled + shift_vec, params[head]["embedding"], s.top_k,
+            tok_ids, tok_w = topk_projection(corrected, params[head]["embedding"], s.top_k,
                                              chunk=chunk, weighting=s.weighting)
         else:
-            tok_ids, tok_w = sharded_topk_projection(pooled + shift_vec, params[head]["embedding"],
+            tok_ids, tok_w = sharded_topk_projection(corrected, params[head]["embedding"],
                                                      s.top_k, mesh, chunk=chunk, weighting=s.weighting)
         dense = post(pooled, dense_params)
         dense = dense[:, : s.matryoshka_dim] if s.matryoshka_dim else dense
         if s.normalize:
             dense = l2_normalize(dense)
-        return dense, tok_ids, tok_w
+        return dense, pooled.astype(jnp.float32), tok_ids, tok_w
 
     if modules is None:
-        return lambda params, ids, mask, pool_mask, shift_vec: step(params, ids, mask, pool_mask, shift_vec)
+        return lambda params, ids, mask, pool_mask, correction: step(params, ids, mask, pool_mask,
+                                                                     correction)
     return step
 
 
 class Step:
-    """The compiled device step of a model, settings and shift, on ``feed``'s devices."""
+    """The compiled device step of a model and settings, on ``feed``'s devices; ``correction``
+    (``[3, D]``, :func:`keytok_jax.pipeline.correction.correction_vectors`) can be replaced
+    between batches (:meth:`set_correction`) without recompiling."""
 
-    def __init__(self, model: KeytokModel, settings: EmbedSettings, shift: Shift | None,
+    def __init__(self, model: KeytokModel, settings: EmbedSettings, correction: np.ndarray,
                  vocab_chunk: int, feed: Feed, modules: SentenceTransformerModules | None = None):
         self.model, self.settings, self.vocab_chunk, self.feed = model, settings, vocab_chunk, feed
         self.modules = modules
@@ -144,22 +148,28 @@ class Step:
         self.extra = () if modules is None else (module_params(modules),)
         self.mesh = feed.mesh
         self.params = model.params
-        self.shift_vec = jnp.asarray(
-            shift.lam * shift.direction if shift is not None else np.zeros(model.config.output_dim),
-            jnp.float32)
         self._jitted = None
         self._compiled: dict[tuple[int, int], Any] = {}
         if self.mesh is not None:
             self._place_on_mesh()
+        self.set_correction(correction)
+
+    def set_correction(self, correction: np.ndarray) -> None:
+        """The ``[a, u, w]`` vectors applied to pooled vectors before the top-k from now on."""
+        correction = np.asarray(correction, np.float32)
+        if correction.shape != (3, self.model.config.output_dim):
+            raise ValueError(f"correction vectors must be [3, {self.model.config.output_dim}], "
+                             f"got {correction.shape}")
+        self.correction = (jnp.asarray(correction) if self.mesh is None
+                           else sharding.place(correction, sharding.replicated(self.mesh)))
 
     def _place_on_mesh(self) -> None:
-        """Parameters by the rules (moved once if the model was loaded elsewhere); the shift
-        vector replicated."""
+        """Parameters by the rules (moved once if the model was loaded elsewhere); the Dense
+        layers replicated."""
         model = self.model
         self.param_shardings = sharding.param_shardings(
             abstract_variables(model.config, jnp.dtype(model.dtype)), self.mesh, model.config)
         self.params = sharding.place(self.params, self.param_shardings)
-        self.shift_vec = sharding.place(np.asarray(self.shift_vec), sharding.replicated(self.mesh))
         self.extra = jax.tree.map(
             lambda a: sharding.place(np.asarray(a), sharding.replicated(self.mesh)), self.extra)
 
@@ -172,7 +182,7 @@ class Step:
         replicated = sharding.replicated(self.mesh)
         return jax.jit(fn, in_shardings=(self.param_shardings, rows, rows, rows, replicated)
                        + (replicated,) * len(self.extra),
-                       out_shardings=(rows, rows, rows))
+                       out_shardings=(rows, rows, rows, rows))
 
     def executable(self, rows: int, seq: int, stats: RunStats | None = None):
         """The compiled program for ``[rows, seq]`` batches (compiled on first use, counted in
@@ -183,7 +193,7 @@ class Step:
                 self._jitted = self._jit()
             t0 = time.perf_counter()
             spec = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
-            self._compiled[key] = self._jitted.lower(self.params, spec, spec, spec, self.shift_vec,
+            self._compiled[key] = self._jitted.lower(self.params, spec, spec, spec, self.correction,
                                                      *self.extra).compile()
             if stats is not None:
                 stats.compile_seconds += time.perf_counter() - t0
@@ -195,4 +205,5 @@ class Step:
         """Dispatch one batch (``ids, mask, pool_mask`` of this process's rows); returns the
         device outputs without waiting for them."""
         exe = self.executable(rows, seq, stats)
-        return exe(self.params, *(self.feed.put(a) for a in host_arrays), self.shift_vec, *self.extra)
+        return exe(self.params, *(self.feed.put(a) for a in host_arrays), self.correction,
+                   *self.extra)

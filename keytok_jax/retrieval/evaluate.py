@@ -1,8 +1,9 @@
 """BEIR-style evaluation of a store's search modes.
 
 Runs each query mode of :class:`~keytok_jax.retrieval.Searcher` over a BEIR dataset's queries
-(those with relevance judgements in the split), a BM25 baseline (``bm25s``: Lucene-style BM25,
-k1=1.5, b=0.75, English stop words and Snowball stemming) on the same documents (the corpus
+(those with relevance judgements in the split), a BM25 baseline (:mod:`keytok_jax.retrieval.bm25`:
+``bm25s``, Lucene-style BM25, k1=1.5, b=0.75, English stop words and Snowball stemming) on the
+same documents (the corpus
 documents whose ids are in the store, so a store holding part of a corpus is compared with BM25 on
 that part), and scores every run with ``ir-measures`` (trec_eval's implementations through
 pytrec_eval): nDCG@10, Recall@100, MRR@10. The report holds each mode's ratio to dense nDCG@10
@@ -19,10 +20,13 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
+import numpy as np
+
 from .. import store as store_lib
 from ..errors import DatasetError
 from ..pipeline import read_corpus
 from ..settings.search import ALL_MODES, EvaluateSettings
+from .bm25 import BM25Index
 from .queries import load_beir
 from .searcher import Searcher
 
@@ -43,12 +47,9 @@ def score(run: dict[str, dict[str, float]], qrels) -> dict[str, float]:
 
 def bm25_run(dataset, queries: dict[str, str], k: int,
              doc_ids: Collection[str] | None = None) -> tuple[dict, dict]:
-    """BM25 over the dataset's corpus (title + text) with bm25s, restricted to ``doc_ids`` when
-    given (a store's own documents, so BM25 and the store's modes rank the same documents);
-    returns (run, timings and the number of documents indexed)."""
-    import bm25s
-    import Stemmer
-
+    """BM25 (:class:`~keytok_jax.retrieval.bm25.BM25Index`) over the dataset's corpus (title +
+    text), restricted to ``doc_ids`` when given (a store's own documents, so BM25 and the store's
+    modes rank the same documents); returns (run, timings and the number of documents indexed)."""
     keep = None if doc_ids is None else set(doc_ids)
     ids, texts = [], []
     for doc in read_corpus(Path(dataset), format="beir"):
@@ -58,19 +59,15 @@ def bm25_run(dataset, queries: dict[str, str], k: int,
     if not ids:
         raise DatasetError(f"{dataset}: none of the store's documents is in the corpus "
                            "(is it the dataset the store was embedded from?)")
-    stemmer = Stemmer.Stemmer("english")
-    t0 = time.perf_counter()
-    retriever = bm25s.BM25(k1=1.5, b=0.75)
-    retriever.index(bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False),
-                    show_progress=False)
-    index_s = time.perf_counter() - t0
+    index = BM25Index(np.arange(len(ids)), texts)
     qids = list(queries)
     t0 = time.perf_counter()
-    q_tokens = bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False)
-    rows, scores = retriever.retrieve(q_tokens, k=min(k, len(ids)), show_progress=False, n_threads=1)
+    hits = index.search([queries[q] for q in qids], k)
     search_s = time.perf_counter() - t0
-    run = {q: {ids[r]: float(s) for r, s in zip(rr, ss) if s > 0} for q, rr, ss in zip(qids, rows, scores)}
-    return run, {"index_seconds": index_s, "queries_per_s": len(qids) / search_s, "docs": len(ids)}
+    run = {q: {ids[r]: float(s) for r, s in zip(rows.tolist(), scores.tolist())}
+           for q, (rows, scores) in zip(qids, hits)}
+    return run, {"index_seconds": index.index_seconds, "queries_per_s": len(qids) / search_s,
+                 "docs": len(ids)}
 
 
 def _mode_run(searcher: Searcher, mode: str, queries: dict[str, str], qrels, k: int,
@@ -109,7 +106,7 @@ def evaluate(store_path, dataset, modes=ALL_MODES, *, split: str = _E.split, k: 
             continue
         if searcher is None:
             t0 = time.perf_counter()
-            searcher = Searcher(store, **searcher_kw)
+            searcher = Searcher(store, corpus=dataset, **searcher_kw)
             report["index"] = {"build_or_open_seconds": time.perf_counter() - t0,
                                "sparse_bytes": searcher.sparse.nbytes, "nnz": searcher.sparse.postings.nnz}
         report["modes"][mode] = _mode_run(searcher, mode, queries, qrels, k, warmup)

@@ -6,12 +6,12 @@ defaults. Commands generate their flags from these classes (keytok_jax.cli.flags
 """
 from .core import build, defaults, read_preset, resolve, setting
 from .embed import (INSTRUCTION_FORMATS, JOB_GROUPS, JOB_PRESET, PROMPTS, DeviceSettings,
-                    EmbedSettings, InputSettings, JobSettings, ModelSettings, OutputSettings, SpeedSettings,
+                    EmbedSettings, FitSettings, InputSettings, JobSettings, ModelSettings, OutputSettings, SpeedSettings,
                     Template)
 
 __all__ = ["build", "defaults", "read_preset", "resolve", "setting", "INSTRUCTION_FORMATS",
            "JOB_GROUPS", "JOB_PRESET", "PROMPTS", "DeviceSettings", "EmbedSettings",
-           "InputSettings", "ModelSettings", "OutputSettings", "SpeedSettings", "Template"]
+           "FitSettings", "InputSettings", "ModelSettings", "OutputSettings", "SpeedSettings", "Template"]
 from .train import FINETUNE_GROUPS, TrainDataSettings, TrainEmbedSettings, TrainSettings  # noqa: F401
 from .search import EvaluateSettings, ExportSettings, QuerySettings, SearchSettings  # noqa: F401
 from .analysis import ANALYSIS_PRESET, PRECISIONS, TEXT_FORMATS, analysis_embedding, sts_embedding  # noqa: F401

@@ -9,11 +9,11 @@ from ..errors import SettingsError
 from ..loading import DEFAULT_MODEL
 from ..model import ATTENTION_MODES
 from ..pooling import POOLING_METHODS
-from ..projection import WEIGHTINGS
+from ..projection import CORRECTIONS, WEIGHTINGS
 from .core import build, setting
 
 __all__ = ["PROMPTS", "INSTRUCTION_FORMATS", "Template", "EmbedSettings", "ModelSettings",
-           "InputSettings", "OutputSettings", "SpeedSettings", "DeviceSettings", "JobSettings",
+           "FitSettings", "InputSettings", "OutputSettings", "SpeedSettings", "DeviceSettings", "JobSettings",
            "JOB_PRESET",
            "JOB_GROUPS", "INPUT_FORMATS"]
 
@@ -83,6 +83,13 @@ class EmbedSettings:
     top_k: int = setting(64, "aligned tokens kept per text")
     weighting: str = setting("relu", "token weight: raw logit, max(logit,0), or "
                              "log(1+max(logit,0))", choices=WEIGHTINGS)
+    correction: str = setting(
+        "none", "correction of the pooled vector before the LM-head top-k, from corpus statistics "
+        "(the dense vector is unchanged): none; mean: subtract the corpus-mean vector (the same "
+        "as centring each token's logit on its corpus mean); pc1: remove the first principal "
+        "direction of the uncentred vectors (the paper's common component); mean-pc1: subtract "
+        "the mean, then remove the first principal direction of the centred vectors",
+        choices=CORRECTIONS)
     normalize: bool = setting(False, "L2-normalise the dense vectors")
     matryoshka_dim: int | None = setting(None, "keep the first N dims of the dense vectors")
     prompt_name: str | None = setting(
@@ -104,6 +111,8 @@ class EmbedSettings:
             raise SettingsError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.weighting not in WEIGHTINGS:
             raise SettingsError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.correction not in CORRECTIONS:
+            raise SettingsError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         if self.model_declares not in ("follow", "ignore"):
             raise SettingsError(f"model_declares must be 'follow' or 'ignore', got {self.model_declares!r}")
         if self.max_length < 1 or self.top_k < 1:
@@ -127,6 +136,26 @@ class ModelSettings:
                                   "weights, no lm_head.weight, untied)", metavar="BASE_MODEL")
     shift: str | None = setting(None, "first-component shift file (written by python -m "
                                 "keytok_jax.spectral) applied before the LM-head projection")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Where the corpus job's correction statistics come from (EmbedSettings.correction)."""
+    fit_docs: int = setting(256, "documents sampled to fit the correction's statistics (the "
+                            "model embeds them once more: about fit_docs / corpus size of extra "
+                            "time)")
+    fit_sample: str = setting("spread", "which documents: spread (evenly spaced through the "
+                              "corpus; from standard input: the first) or first",
+                              choices=("spread", "first"))
+    correction_fit: str | None = setting(None, "use this fit instead of fitting on the corpus "
+                                         "(a correction_fit.json of another store, or "
+                                         "Embedder.fit_correction(...).save(path))", metavar="FILE")
+
+    def __post_init__(self):
+        if self.fit_docs < 2:
+            raise SettingsError(f"fit_docs must be at least 2, got {self.fit_docs}")
+        if self.fit_sample not in ("spread", "first"):
+            raise SettingsError(f"fit_sample must be spread or first, got {self.fit_sample!r}")
 
 
 @dataclass(frozen=True)
@@ -206,6 +235,7 @@ class JobSettings:
     output: OutputSettings
     model: ModelSettings
     embed: EmbedSettings
+    fit: FitSettings
     speed: SpeedSettings
     devices: DeviceSettings
 
@@ -217,17 +247,20 @@ class JobSettings:
 
 # The corpus job's built-in preset (configs/smollm2.yaml holds the same, checked by a test):
 # SmolLM2 with PromptEOL and last-token pooling, whose last position's next-token logits are the
-# text's one-word summary, so its top LM-head tokens are key words without training or shift.
-JOB_PRESET = {"model": DEFAULT_MODEL, "pooling": "last", "prompt": "prompteol"}
+# text's one-word summary, so its top LM-head tokens are key words without training; the first
+# principal direction of the corpus removed before the top-k (the paper's common component:
+# README "Sparse quality" has the measurements that chose it).
+JOB_PRESET = {"model": DEFAULT_MODEL, "pooling": "last", "prompt": "prompteol", "correction": "pc1"}
 
 # The corpus job's flag groups, in --help order: (title, settings classes).
 # JobSettings field → its settings class.
 _GROUP_TYPES = {"input": InputSettings, "output": OutputSettings, "model": ModelSettings,
-                "embed": EmbedSettings, "speed": SpeedSettings, "devices": DeviceSettings}
+                "embed": EmbedSettings, "fit": FitSettings, "speed": SpeedSettings, "devices": DeviceSettings}
 
 JOB_GROUPS = (
     ("input and output", (InputSettings, OutputSettings)),
     ("model and embedding", (ModelSettings, EmbedSettings)),
+    ("correction statistics (with --correction)", (FitSettings,)),
     ("speed", (SpeedSettings,)),
     ("several devices and hosts (README: Sharding and multiple devices)", (DeviceSettings,)),
 )

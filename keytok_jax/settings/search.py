@@ -14,9 +14,9 @@ __all__ = ["QUERY_PROMPT", "MODES", "SPARSE_MODES", "ALL_MODES", "QUERY_WEIGHTS"
            "SEARCH_FORMATS", "QuerySettings", "SearchSettings", "EvaluateSettings",
            "ExportSettings", "check_factor"]
 
-MODES = ("tokens", "encode", "expand", "dense", "hybrid")
-SPARSE_MODES = ("tokens", "encode", "expand")       # the modes that make a sparse query vector
-ALL_MODES = ("bm25",) + MODES                        # evaluate: the BM25 baseline and every mode
+MODES = ("tokens", "encode", "expand", "union", "dense", "hybrid", "bm25", "bm25-hybrid")
+SPARSE_MODES = ("tokens", "encode", "expand", "union")   # the modes that make a sparse query vector
+ALL_MODES = ("bm25",) + tuple(m for m in MODES if m != "bm25")   # evaluate: BM25 first
 QUERY_WEIGHTS = ("idf", "binary")
 FUSIONS = ("rrf", "weighted")
 RRF_K = 60
@@ -31,11 +31,17 @@ class QuerySettings:
     query_weights: str = setting("idf", "tokens/expand: weight of a query token",
                                  choices=QUERY_WEIGHTS)
     expand_m: int = setting(16, "expand: aligned tokens added")
+    union_m: int = setting(16, "union (the paper's query form): the query's top-M aligned tokens "
+                           "joined to its own tokens, all weighted 1; 0: its own tokens only")
     hybrid_sparse: str = setting("expand", "hybrid: the sparse side", choices=SPARSE_MODES)
-    fusion: str = setting("weighted", "hybrid: weighted (min-max normalised scores) or rrf "
+    fusion: str = setting("weighted", "hybrid, bm25-hybrid: weighted (min-max normalised scores) or rrf "
                           f"(reciprocal rank, k={RRF_K})", choices=FUSIONS)
     alpha: float = setting(0.3, "weighted fusion: weight of the sparse side")
-    depth: int = setting(100, "hybrid: results taken from each list before fusing", flag="")
+    depth: int = setting(100, "hybrid, bm25-hybrid: results taken from each list before fusing",
+                         flag="")
+    bm25_with: str = setting("dense", "bm25-hybrid: the keytok list fused with BM25's",
+                             choices=SPARSE_MODES + ("dense",))
+    bm25_alpha: float = setting(0.5, "bm25-hybrid, weighted fusion: weight of the BM25 side")
     shift: str | None = setting(None, "the shift file the store was embedded with, if any")
     query_instruction: str | None = setting(None, "instruction for queries (asymmetric models)")
 
@@ -44,8 +50,13 @@ class QuerySettings:
             raise SettingsError(f"query_weights must be one of {QUERY_WEIGHTS}, "
                                 f"got {self.query_weights!r}")
         if self.hybrid_sparse not in SPARSE_MODES:
-            raise SettingsError(f"hybrid_sparse must be tokens, encode or expand, "
+            raise SettingsError(f"hybrid_sparse must be one of {SPARSE_MODES}, "
                                 f"got {self.hybrid_sparse!r}")
+        if self.bm25_with not in SPARSE_MODES + ("dense",):
+            raise SettingsError(f"bm25_with must be one of {SPARSE_MODES + ('dense',)}, "
+                                f"got {self.bm25_with!r}")
+        if self.union_m < 0:
+            raise SettingsError(f"union_m must be 0 or more, got {self.union_m}")
         if self.fusion not in FUSIONS:
             raise SettingsError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
 

@@ -13,7 +13,8 @@ from .errors import (InputChangedError, ShardExistsError, StoreDamagedError, Sto
                      StoreIncompleteError, StoreLockedError, StoreMismatchError)
 from .fileio import atomic_write
 from .format import (FLAG_EMPTY, FLAG_REPLACED, FLAG_TRUNCATED, FORMAT_VERSION, KNOWN_FLAGS,
-                     MAX_ROWS, decode_ids, encode_ids, input_fingerprint, shard_name)
+                     MAX_ROWS, decode_ids, encode_ids, input_fingerprint, read_attachment,
+                     shard_name)
 from .lock import StoreLock
 from .reader import Store, open
 from .writer import StoreWriter
@@ -23,5 +24,5 @@ __all__ = [
     "StoreError", "StoreMismatchError", "StoreIncompleteError", "ShardExistsError",
     "StoreDamagedError", "InputChangedError", "StoreLockedError", "Problem",
     "StoreWriter", "Store", "open", "encode_ids", "decode_ids", "shard_name", "atomic_write",
-    "input_fingerprint", "StoreLock",
+    "input_fingerprint", "StoreLock", "read_attachment",
 ]

@@ -20,6 +20,9 @@ Store layout (format version 1)
       ids/shard-000042.jsonl     document ids of shard 42, one JSON string per line, in row order
       shards/shard-000042.json   record of finished shard 42 (its presence means: shard complete)
       .lock                      only while a job writes the store: who holds it (see below)
+      correction_fit.json        attachments: JSON objects the job's settings refer to (here the
+                                 corpus statistics of the sparse correction, written before the
+                                 first shard; the settings hold its fingerprint), see attachment_path
 
 Row ``i`` of every array is document ``i``; shard ``s`` holds rows
 ``[s * shard_size, s * shard_size + num_rows_s)``: every shard but the last is full
@@ -303,6 +306,22 @@ def _read_json_object(p: Path, what: str) -> dict:
     if not isinstance(value, dict):
         raise StoreError(f"{p}: unreadable {what}: not a JSON object")
     return value
+
+
+def attachment_path(path: Path, name: str) -> Path:
+    """Where attachment ``name`` (a JSON object written with the store, e.g.
+    ``correction_fit``) lives: ``STORE/NAME.json``."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"attachment names are lower-case identifiers, got {name!r}")
+    return Path(path) / f"{name}.json"
+
+
+def read_attachment(path: Path, name: str) -> dict | None:
+    """Attachment ``name`` of the store at ``path``, or None when it has none."""
+    try:
+        return _read_json_object(attachment_path(path, name), f"{name} attachment")
+    except FileNotFoundError:
+        return None
 
 
 def load_record(p: Path) -> dict:

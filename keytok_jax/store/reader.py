@@ -11,7 +11,7 @@ import tensorstore as ts
 from .check import Problem, data_problems
 from .errors import StoreDamagedError, StoreError, StoreIncompleteError
 from .format import (array_names, array_spec, decode_ids, list_records, load_record,
-                     read_manifest)
+                     read_attachment, read_manifest)
 from .lock import describe_holder, read_holder
 
 __all__ = ["Store", "open"]
@@ -55,6 +55,10 @@ class Store:
         self.dense: ts.TensorStore | None = self._arrays.get("dense")
         self.lengths: ts.TensorStore = self._arrays["lengths"]
         self.flags: ts.TensorStore = self._arrays["flags"]
+
+    def attachment(self, name: str) -> dict | None:
+        """The store's attachment ``name`` (e.g. ``correction_fit``), or None."""
+        return read_attachment(self.path, name)
 
     def _leading_shards(self) -> int:
         """How many shards from shard 0 on are recorded: what an incomplete store shows."""

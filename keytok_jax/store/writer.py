@@ -24,7 +24,7 @@ from . import fileio
 from .check import Problem, data_problems, input_problems
 from .create import check_same, create_manifest, new_manifest, open_or_create_array
 from .errors import ShardExistsError, StoreError
-from .format import (FLAG_EMPTY, FLAG_REPLACED, FLAG_TRUNCATED, FORMAT_VERSION, IDS_DIR,
+from .format import (FLAG_EMPTY, attachment_path, FLAG_REPLACED, FLAG_TRUNCATED, FORMAT_VERSION, IDS_DIR,
                      KNOWN_FLAGS, MANIFEST, MAX_ROWS, SHARDS_DIR, array_names, chunk_shard,
                      digest, encode_ids, list_records, load_record, now, read_manifest,
                      shard_name)
@@ -78,6 +78,11 @@ class StoreWriter:
         (path / IDS_DIR).mkdir(exist_ok=True)
         (path / SHARDS_DIR).mkdir(exist_ok=True)
         return cls(path, manifest, arrays)
+
+    def attach(self, name: str, obj: Mapping[str, Any]) -> None:
+        """Write attachment ``name`` (a JSON object; atomic, idempotent: every process of a job
+        writes the same one)."""
+        fileio.atomic_write(attachment_path(self.path, name), fileio.json_bytes(dict(obj)))
 
     # -- state
 

@@ -1,0 +1,247 @@
+"""Sparse retrieval quality before and after the corpus correction, on SciFact (issue 17).
+
+    python benchmarks/sparse_quality.py --out out/sparse-quality               # all of SciFact
+    python benchmarks/sparse_quality.py --out out/sparse-583 --distractors 300 --max-length 256
+
+Steps (each kept when its output exists, so an interrupted run resumes where it stopped):
+
+1. the corpus: all of SciFact, or (``--distractors N``) every document judged in the test qrels
+   plus the first N others;
+2. two corpus jobs (``python -m keytok_jax.embed``, the default preset, ``--dense``): ``before``
+   with ``--correction none`` (what the job wrote before the correction) and ``after`` with the
+   job's default correction (the fit's seconds are in its summary). ``--after derived`` saves the
+   second model pass (an hour on 2 cores for all of SciFact): ``after`` is then derived from
+   ``before`` as in step 4, its fit made from ``before``'s dense vectors of the documents the job
+   samples (the job's own rule, :func:`keytok_jax.pipeline.fitting.sample_positions`); run the
+   sub-corpus with both to see the derived store equal the job's;
+3. ``python -m keytok_jax.evaluate`` of both stores: BM25, every keytok mode, the BM25 fusions;
+4. sweeps without another model pass: stores derived from ``before``'s dense vectors (for this
+   preset the dense vector is the pooled vector the top-k projects), re-projected through the same
+   jitted functions as the job's step (``projection.correct`` → ``topk_projection``) with each
+   correction (the fit of ``after``), weighting and document top-K; the derived ``none`` store
+   is compared with ``before`` token by token (the re-projection is the job's projection);
+5. ``OUT/report.json`` and ``OUT/tables.md`` (the README's tables).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from beir_subset import judged_subcorpus
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+sys.path.insert(0, str(ROOT))
+
+from keytok_jax import store as store_lib  # noqa: E402
+from keytok_jax.loading import load_model  # noqa: E402
+from keytok_jax.pipeline.correction import (CorrectionFit, Moments, correction_vectors,  # noqa: E402
+                                            model_hash)
+from keytok_jax.pipeline.fitting import FIT_ATTACHMENT, sample_positions  # noqa: E402
+from keytok_jax.projection import CORRECTIONS, correct, topk_projection  # noqa: E402
+from keytok_jax.settings import JOB_PRESET, EmbedSettings, FitSettings, defaults  # noqa: E402
+
+MODES = ("bm25", "tokens", "encode", "expand", "union", "dense", "hybrid", "bm25-hybrid")
+SWEEP_MODES = ("tokens", "union")
+
+
+def sh(cmd: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", *cmd], check=True, stdout=f, stderr=subprocess.STDOUT,
+                       cwd=ROOT)
+
+
+def embed(dataset: Path, store: Path, flags: list[str]) -> dict:
+    """The job's summary (run, or resumed, unless the store is finished)."""
+    summary = Path(f"{store}.summary.json")
+    if not (summary.exists() and (store / "manifest.json").exists()
+            and json.loads((store / "manifest.json").read_text()).get("complete")):
+        sh(["keytok_jax.embed", "--input", str(dataset), "--output", str(store), "--dense",
+            "--no-progress", "--summary-json", str(summary), *flags], Path(f"{store}.log"))
+    return json.loads(summary.read_text())
+
+
+def evaluate(store: Path, dataset: Path, modes, name: str, extra=()) -> dict:
+    out = store.parent / "eval" / f"{name}.json"
+    if not out.exists():
+        cmd = ["keytok_jax.evaluate", "--store", str(store), "--dataset", str(dataset),
+               "--output", str(out), *extra]
+        for m in modes:
+            cmd += ["--mode", m]
+        sh(cmd, out.with_suffix(".log"))
+    return json.loads(out.read_text())
+
+
+def derive(src: Path, dst: Path, head: np.ndarray, fit: CorrectionFit, correction: str,
+           top_k: int, weighting: str, chunk: int = 4096, rows: int = 512) -> None:
+    """A store like ``src`` whose sparse vectors are ``src``'s dense vectors re-projected with
+    another correction, document top-K or weighting (the settings say which)."""
+    if (dst / "manifest.json").exists() and store_lib.open(dst).complete:
+        return
+    s = store_lib.open(src)
+    settings = {**s.settings, "correction": correction, "top_k": top_k, "weighting": weighting}
+    if correction != "none":
+        settings["correction_fit"] = fit.fingerprint()
+    writer = store_lib.StoreWriter.create_or_resume(dst, settings, k=top_k, vocab_size=s.vocab_size,
+                                                    dim=s.dim, shard_size=s.shard_size)
+    if correction != "none":
+        writer.attach(FIT_ATTACHMENT, fit.as_json())
+    vectors = correction_vectors(correction, head.shape[1], fit)
+    for i, rec in enumerate(s.shard_records()):
+        start, n = rec["row_start"], rec["num_rows"]
+        dense = np.asarray(s.dense[start: start + n].read().result())
+        parts = [topk_projection(correct(dense[j: j + rows], vectors), head, top_k, chunk=chunk,
+                                 weighting=weighting) for j in range(0, n, rows)]
+        ids = np.concatenate([np.asarray(p[0]) for p in parts])
+        weights = np.concatenate([np.asarray(p[1]) for p in parts])
+        flags = np.asarray(s.flags[start: start + n].read().result())
+        empty = (flags & store_lib.FLAG_EMPTY).astype(bool)
+        ids[empty], weights[empty] = -1, 0.0
+        writer.write_shard(i, s.ids[start: start + n], ids, weights,
+                           np.asarray(s.lengths[start: start + n].read().result()), flags, dense)
+    writer.finalize(len(s.shard_records()))
+
+
+def fit_from_dense(store: Path, hash_: str) -> CorrectionFit:
+    """The fit the job would make (its default sample of documents), from a store's dense
+    vectors (the pooled vectors, for this preset)."""
+    s = store_lib.open(store)
+    f = FitSettings()
+    pos = sample_positions(len(s), f.fit_docs)
+    dense = np.asarray(s.dense.read().result())[pos]
+    flags = np.asarray(s.flags.read().result())[pos]
+    m = Moments(dense.shape[1])
+    m.add(dense[~(flags & store_lib.FLAG_EMPTY).astype(bool)])
+    return CorrectionFit.from_moments(m, f"{len(pos)} documents spread over the {len(s)} of "
+                                         f"{Path(s.settings['input']).name}", hash_)
+
+
+def agreement(a: Path, b: Path) -> float:
+    """Share of rows whose token ids are identical in two stores of the same documents."""
+    x = np.asarray(store_lib.open(a).token_ids.read().result())
+    y = np.asarray(store_lib.open(b).token_ids.read().result())
+    return float((x == y).all(axis=1).mean())
+
+
+def row(label: str, r: dict, bm25: float, dense: float) -> str:
+    return (f"| {label} | {r['nDCG@10']:.3f} | {r['R@100']:.3f} | {r['nDCG@10'] / dense:.2f} | "
+            f"{r['nDCG@10'] / bm25:.2f} | {r['queries_per_s']:.0f} |")
+
+
+HEADER = ("| | nDCG@10 | Recall@100 | / dense | / BM25 | queries/s |\n"
+          "|---|---|---|---|---|---|")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="out/sparse-quality", help="work and output folder (default: %(default)s)")
+    p.add_argument("--dataset", default=str(SCIFACT), help="BEIR folder (default: ../shared/data/scifact)")
+    p.add_argument("--distractors", type=int, default=-1,
+                   help="sub-corpus: judged documents plus the first N others; -1: the whole corpus")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per document (default: %(default)s)")
+    p.add_argument("--top-ks", type=int, nargs="+", default=[16, 32, 64, 128, 256],
+                   help="document top-K values swept (default: %(default)s)")
+    p.add_argument("--after", choices=("job", "derived"), default="job",
+                   help="the after store: a second corpus job, or derived from before's dense "
+                        "vectors (see step 2; default: %(default)s)")
+    p.add_argument("--union-ms", type=int, nargs="+", default=[0, 4, 16, 64],
+                   help="union mode's M values swept (default: %(default)s)")
+    args = p.parse_args(argv)
+    out = (ROOT / args.out).resolve()
+    dataset = Path(args.dataset).resolve()
+    if not (dataset / "corpus.jsonl").exists():
+        raise SystemExit(f"{dataset}/corpus.jsonl not found: this script needs a BEIR folder (../shared/data)")
+    if args.distractors >= 0:
+        dataset = judged_subcorpus(dataset, out / "data" / f"test+{args.distractors}", args.distractors)
+    common = ["--max-length", str(args.max_length)]
+    t0 = time.perf_counter()
+    model = load_model(JOB_PRESET["model"])
+    head = np.asarray(model.lm_head, np.float32)
+    default = {**defaults(EmbedSettings), **JOB_PRESET}["correction"]
+    jobs = {"before": embed(dataset, out / "before", common + ["--correction", "none"])}
+    if args.after == "job":
+        jobs["after"] = embed(dataset, out / "after", common)
+        fit = CorrectionFit.from_json(store_lib.open(out / "after").attachment(FIT_ATTACHMENT), out / "after")
+    else:
+        fit = fit_from_dense(out / "before", model_hash(model))
+        derive(out / "before", out / "after", head, fit, default, store_lib.open(out / "before").k,
+               store_lib.open(out / "before").settings["weighting"])
+        jobs["after"] = {**jobs["before"], "derived": True, "fit_docs": fit.docs}
+    after = store_lib.open(out / "after")
+    reports = {name: evaluate(out / name, dataset, MODES, name) for name in jobs}
+    sweeps: dict = {"correction": {}, "weighting": {}, "top_k": {}, "union_m": {}, "bm25_fusion": {}}
+    k0, w0 = after.k, after.settings["weighting"]
+    for correction in CORRECTIONS:
+        d = out / "derived" / f"{correction}-{w0}-k{k0}"
+        derive(out / "before", d, head, fit, correction, k0, w0)
+        sweeps["correction"][correction] = evaluate(d, dataset, SWEEP_MODES, d.name)
+    check = {"derived none = before": agreement(out / "derived" / f"none-{w0}-k{k0}", out / "before"),
+             f"derived {default} = after": agreement(out / "derived" / f"{default}-{w0}-k{k0}", out / "after")}
+    for weighting in ("relu", "log1p_relu", "logit"):
+        d = out / "derived" / f"{default}-{weighting}-k{k0}"
+        derive(out / "before", d, head, fit, default, k0, weighting)
+        sweeps["weighting"][weighting] = evaluate(d, dataset, SWEEP_MODES, d.name)
+    for k in args.top_ks:
+        d = out / "derived" / f"{default}-{w0}-k{k}"
+        derive(out / "before", d, head, fit, default, k, w0)
+        sweeps["top_k"][k] = evaluate(d, dataset, SWEEP_MODES, d.name)
+    for m in args.union_ms:
+        sweeps["union_m"][m] = evaluate(out / "after", dataset, ("union",), f"after-union-m{m}",
+                                        ["--union-m", str(m)])
+    for with_, fusion, alpha in (("dense", "rrf", 0.5), ("dense", "weighted", 0.5),
+                                 ("dense", "weighted", 0.7), ("union", "weighted", 0.5),
+                                 ("tokens", "weighted", 0.5)):
+        name = f"after-bm25-{with_}-{fusion}-{alpha}"
+        sweeps["bm25_fusion"][name] = evaluate(out / "after", dataset, ("bm25-hybrid",), name,
+                                               ["--bm25-with", with_, "--fusion", fusion,
+                                                "--bm25-alpha", str(alpha)])
+    report = {"dataset": str(dataset), "max_length": args.max_length, "default_correction": default,
+              "jobs": jobs, "evaluations": reports, "sweeps": sweeps, "checks": check,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "tables.md").write_text(tables(report))
+    print(tables(report))
+    return 0
+
+
+def tables(report: dict) -> str:
+    ev, sw = report["evaluations"], report["sweeps"]
+    bm25 = ev["after"]["modes"]["bm25"]["nDCG@10"]
+    dense = ev["after"]["modes"]["dense"]["nDCG@10"]   # the same dense vectors in every store
+    job = report["jobs"]["after"]
+    lines = [f"{report['dataset']}, test split, {ev['after']['num_queries']} queries, "
+             f"{ev['after']['store_rows']} documents, max length {report['max_length']}; "
+             f"correction `{report['default_correction']}` fitted on {job.get('fit_docs')} documents "
+             f"in {job.get('fit_seconds')} s of a {job['wall_seconds']:.0f} s job", "",
+             "| mode | before nDCG@10 | after nDCG@10 | after Recall@100 | after / dense | after / BM25 | queries/s |",
+             "|---|---|---|---|---|---|---|"]
+    for mode in MODES:
+        b, a = ev["before"]["modes"][mode], ev["after"]["modes"][mode]
+        ratio = f"{a['ratio_to_dense']:.2f}" if a.get("ratio_to_dense") is not None else "-"
+        lines.append(f"| {mode} | {b['nDCG@10']:.3f} | {a['nDCG@10']:.3f} | {a['R@100']:.3f} | "
+                     f"{ratio} | {a['nDCG@10'] / bm25:.2f} | {a['queries_per_s']:.0f} |")
+    ix = ev["after"].get("index", {})
+    lines += ["", f"sparse index {ix.get('sparse_bytes', 0) / 2**20:.1f} MiB "
+                  f"({ix.get('nnz', 0):,} postings), dense {ix.get('dense_bytes', 0) / 2**20:.1f} MiB", ""]
+    for title, key, modes in (("correction (document top-K as the job)", "correction", SWEEP_MODES),
+                              ("weighting", "weighting", SWEEP_MODES), ("document top-K", "top_k", SWEEP_MODES),
+                              ("union M", "union_m", ("union",)), ("BM25 fusion", "bm25_fusion", ("bm25-hybrid",))):
+        lines += [f"**{title}**", "", HEADER]
+        for value, r in sw[key].items():
+            for mode in modes:
+                lines.append(row(f"{value} · {mode}", r["modes"][mode], bm25, dense))
+        lines.append("")
+    lines.append("checks (share of documents with identical top-K ids): "
+                 + ", ".join(f"{k}: {v:.4f}" for k, v in report["checks"].items()))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

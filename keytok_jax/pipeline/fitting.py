@@ -1,0 +1,125 @@
+"""The corpus job's fit stage: the statistics of the correction (``--correction``), before any
+sparse vector is written.
+
+    the store's own fit (a resumed job) | a fit file (--correction-fit) | a sample of the corpus
+    → embedded once (the same compiled step as the job) → CorrectionFit → the embedder applies it
+
+The fit is attached to the store (``STORE/correction_fit.json``) and its fingerprint is one of the
+store's settings, so a resume reuses it and a different fit is refused by name. With several
+processes every process fits the same sample and process 0's fit is broadcast, so all apply the
+same correction.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+from jax.experimental import multihost_utils
+
+from .. import store
+from ..errors import CorpusError
+from ..records import Corpus, Doc
+from ..settings import FitSettings, InputSettings, JobSettings
+from .correction import CorrectionFit
+from .embedder import EmbedError, Embedder
+from .preflight import STDIN
+from .read import read_corpus
+
+__all__ = ["FIT_ATTACHMENT", "sample_positions", "sample_docs", "job_fit", "fit_settings"]
+
+FIT_ATTACHMENT = "correction_fit"
+
+
+def sample_positions(total: int, n: int) -> np.ndarray:
+    """``min(n, total)`` distinct positions evenly spaced over ``range(total)``, first and last
+    included."""
+    if total <= n:
+        return np.arange(total)
+    return np.unique(np.linspace(0, total - 1, n).round().astype(np.int64))
+
+
+def sample_docs(source, inp: InputSettings, fit: FitSettings, corpus: Corpus
+                ) -> tuple[list[Doc], str]:
+    """The documents the statistics are fitted on, and a description of the sample. ``first``
+    (and any sample of standard input, or of a corpus no larger than the sample) takes them from
+    the job's own reader and puts them back in front of it (``corpus.docs``); ``spread`` reads
+    the corpus file a second time."""
+    name = "standard input" if str(source) == STDIN else Path(str(source)).name
+    total = corpus.total
+    n = fit.fit_docs if inp.limit is None else min(fit.fit_docs, inp.limit)
+    if fit.fit_sample == "first" or total is None or total <= n:
+        head = list(itertools.islice(corpus.docs, n))
+        corpus.docs = itertools.chain(head, corpus.docs)
+        return head, f"first {len(head)} documents of {name}"
+    docs = read_corpus(source, format=inp.format, id_field=inp.id_field,
+                       text_fields=tuple(inp.text_fields), on_error=inp.on_error)
+    want = sample_positions(total, n)
+    picked = [d for _, d in zip(range(int(want[-1]) + 1), docs)]
+    picked = [picked[i] for i in want if i < len(picked)]
+    return picked, f"{len(picked)} documents spread over the {total} of {name}"
+
+
+def fit_settings(job: JobSettings, fit: CorrectionFit | None) -> dict:
+    """What the store records of the fit (nothing without a correction, so stores written
+    before it still resume)."""
+    if fit is None:
+        return {}
+    if job.fit.correction_fit:
+        return {"correction_fit": fit.fingerprint(), "fit_from": "file"}
+    return {"correction_fit": fit.fingerprint(), "fit_docs": job.fit.fit_docs,
+            "fit_sample": job.fit.fit_sample}
+
+
+def _fit_on_corpus(job: JobSettings, embedder: Embedder, source, corpus: Corpus) -> CorrectionFit:
+    docs, sample = sample_docs(source, job.input, job.fit, corpus)
+    if not docs:
+        raise CorpusError(f"{source}: no documents to fit the correction on")
+    tokenized = embedder.tokenize([d.text for d in docs])
+    for t, d in zip(tokenized, docs):
+        t.flags |= d.flags
+    st = embedder.stats
+    counts = (st.docs, st.real_tokens, st.padded_tokens, st.batches)
+    try:
+        return embedder.fit_correction(tokenized, sample=sample)
+    except EmbedError as e:
+        raise e.named([d.source for d in docs]) from None
+    finally:   # the job's counters are the corpus pass's (compilations are shared and kept)
+        st.docs, st.real_tokens, st.padded_tokens, st.batches = counts
+
+
+def _broadcast(fit: CorrectionFit) -> CorrectionFit:
+    """Process 0's fit on every process."""
+    arrays = multihost_utils.broadcast_one_to_all(
+        (fit.mean, fit.pc1, fit.pc1_centered, np.int64(fit.docs)))
+    mean, pc1, centered, docs = (np.asarray(a) for a in arrays)
+    return CorrectionFit(mean.astype(np.float32), pc1.astype(np.float32),
+                         centered.astype(np.float32), int(docs), fit.sample, fit.model_hash)
+
+
+def job_fit(job: JobSettings, embedder: Embedder, source, corpus: Corpus,
+            processes: int = 1) -> tuple[CorrectionFit | None, dict]:
+    """The fit the job applies (already applied to ``embedder``) and a report for the summary:
+    where it came from, its documents and seconds. None without a correction."""
+    if embedder.settings.correction == "none":
+        return None, {}
+    t0 = time.perf_counter()
+    stored = store.read_attachment(Path(job.output.output), FIT_ATTACHMENT)
+    if job.fit.correction_fit:
+        fit, origin = CorrectionFit.load(job.fit.correction_fit), "file"
+    elif stored is not None:
+        fit, origin = CorrectionFit.from_json(stored, f"{job.output.output}/{FIT_ATTACHMENT}.json"), "store"
+    else:
+        fit, origin = _fit_on_corpus(job, embedder, source, corpus), "corpus"
+    if processes > 1:
+        fit = _broadcast(fit)
+    embedder.set_correction_fit(fit)
+    return fit, {"fit_from": origin, "fit_docs": fit.docs,
+                 "fit_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def attach_fit(writer: store.StoreWriter, fit: CorrectionFit | None) -> None:
+    """Record the fit with the store (once: a resumed store already holds it)."""
+    if fit is not None and store.read_attachment(writer.path, FIT_ATTACHMENT) is None:
+        writer.attach(FIT_ATTACHMENT, fit.as_json())
