@@ -249,7 +249,8 @@ def test_evaluate_cli_on_scifact_subset(mini_scifact, tmp_path, capsys):
     assert eval_main(["--store", str(store), "--dataset", str(data), "--output", str(out),
                       "--markdown", str(tmp_path / "t.md")]) == 0
     report = json.loads(out.read_text())
-    assert set(report["modes"]) == {"bm25", "tokens", "encode", "expand", "dense", "hybrid"}
+    assert set(report["modes"]) == {"bm25", "tokens", "encode", "expand", "union", "dense", "hybrid",
+                                    "bm25-hybrid"}
     assert report["num_queries"] == 30 and report["judged_docs_missing_from_store"] == 0
     for mode, r in report["modes"].items():
         assert 0 <= r["nDCG@10"] <= 1 and 0 <= r["R@100"] <= 1 and r["queries_per_s"] > 0, mode
@@ -343,7 +344,7 @@ def test_empty_query_has_no_hits_in_every_mode(tiny_partial, capsys):
     _, store = tiny_partial
     s = Searcher(store)
     queries = ["", "   \t", "cats chase mice"]
-    for mode in ("tokens", "encode", "expand", "dense", "hybrid"):
+    for mode in ("tokens", "encode", "expand", "union", "dense", "hybrid", "bm25", "bm25-hybrid"):
         res = s.search(queries, mode, 3)
         assert res[0].hits == [] and res[1].hits == [] and len(res[0].rows) == 0, mode
         if mode in ("dense", "hybrid"):
@@ -355,3 +356,42 @@ def test_empty_query_has_no_hits_in_every_mode(tiny_partial, capsys):
     capsys.readouterr()
     assert search_main(["--store", str(store), "--query", " ", "--mode", "dense"]) == 0
     assert "(empty query: no hits)" in capsys.readouterr().out
+
+
+def test_union_is_the_papers_query_form(tiny_partial):
+    """union: the query's own tokens ∪ its top-M aligned tokens, every weight 1; M = 0 leaves the
+    query's own tokens (the tokens mode's set, binary)."""
+    _, store = tiny_partial
+    queries = ["cell protein", "cats chase mice"]
+    s = Searcher(store, union_m=4)
+    out = s.embedder.encode(queries, output_value=None)
+    union = s.query_vectors(queries, "union", out)
+    for i, literal in enumerate(s.literal_tokens(queries)):
+        want = set(literal) | {int(t) for t in out.token_ids[i, :4]}
+        row = union[[i]]
+        assert set(row.indices.tolist()) == want and set(row.data.tolist()) == {1.0}
+    bare = Searcher(store, union_m=0, query_weights="binary")
+    np.testing.assert_array_equal(bare.query_vectors(queries, "union").toarray(),
+                                  bare.query_vectors(queries, "tokens").toarray())
+    # a document scores the sum of its weights over the set
+    hits = s.search(queries[:1], "union", 5)[0]
+    docs = s.sparse.postings.T.tocsr()
+    for row, score in zip(hits.rows.tolist(), (sc for _, sc in hits.hits)):
+        assert score == pytest.approx(float(docs[[row]] @ union[[0]].T.toarray()), rel=1e-5)
+
+
+def test_bm25_modes_rank_the_stores_documents(tiny_partial):
+    from keytok_jax.retrieval.evaluate import bm25_run
+
+    data, store = tiny_partial
+    s = Searcher(store)
+    run, _ = bm25_run(data, TINY_QUERIES, 10, S.open(store).ids)
+    for q, text in TINY_QUERIES.items():
+        hits = s.search(text, "bm25", 10)[0].hits
+        assert [d for d, _ in hits] == list(run[q])
+        assert [sc for _, sc in hits] == pytest.approx(list(run[q].values()), rel=1e-5)
+    assert [d for d, _ in s.search("cats", "bm25", 10)[0].hits] == ["d1"]   # d8 is not in the store
+    fused = Searcher(store, bm25_with="tokens", fusion="rrf").search("cats", "bm25-hybrid", 3)[0]
+    assert fused.hits[0][0] == "d1" and len(fused.hits) <= 3
+    with pytest.raises(Exception, match="bm25_with"):
+        Searcher(store, bm25_with="bm25")
