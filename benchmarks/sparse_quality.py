@@ -49,6 +49,8 @@ from keytok_jax.settings import JOB_PRESET, EmbedSettings, FitSettings, defaults
 
 MODES = ("bm25", "tokens", "encode", "expand", "union", "dense", "hybrid", "bm25-hybrid")
 SWEEP_MODES = ("tokens", "union")
+FUSIONS = tuple((w, "weighted", a) for w in ("dense", "union", "expand") for a in (0.5, 0.7, 0.8, 0.9)) + (
+    ("dense", "rrf", 0.5), ("union", "rrf", 0.5))
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -109,12 +111,11 @@ def derive(src: Path, dst: Path, head: np.ndarray, fit: CorrectionFit, correctio
     writer.finalize(len(s.shard_records()))
 
 
-def fit_from_dense(store: Path, hash_: str) -> CorrectionFit:
-    """The fit the job would make (its default sample of documents), from a store's dense
-    vectors (the pooled vectors, for this preset)."""
+def fit_from_dense(store: Path, hash_: str, docs: int = FitSettings().fit_docs) -> CorrectionFit:
+    """The fit the job would make with ``--fit-docs docs`` (spread), from a store's dense vectors
+    (the pooled vectors, for this preset)."""
     s = store_lib.open(store)
-    f = FitSettings()
-    pos = sample_positions(len(s), f.fit_docs)
+    pos = sample_positions(len(s), docs)
     dense = np.asarray(s.dense.read().result())[pos]
     flags = np.asarray(s.flags.read().result())[pos]
     m = Moments(dense.shape[1])
@@ -151,6 +152,9 @@ def main(argv=None) -> int:
     p.add_argument("--after", choices=("job", "derived"), default="job",
                    help="the after store: a second corpus job, or derived from before's dense "
                         "vectors (see step 2; default: %(default)s)")
+    p.add_argument("--fit-docs", type=int, nargs="+", default=[32, 64, 128, 256, 1024, 100000],
+                   help="fit sample sizes swept, for the default correction (default: %(default)s; "
+                        "more than the corpus: all of it)")
     p.add_argument("--union-ms", type=int, nargs="+", default=[0, 4, 16, 64],
                    help="union mode's M values swept (default: %(default)s)")
     args = p.parse_args(argv)
@@ -176,32 +180,33 @@ def main(argv=None) -> int:
         jobs["after"] = {**jobs["before"], "derived": True, "fit_docs": fit.docs}
     after = store_lib.open(out / "after")
     reports = {name: evaluate(out / name, dataset, MODES, name) for name in jobs}
-    sweeps: dict = {"correction": {}, "weighting": {}, "top_k": {}, "union_m": {}, "bm25_fusion": {}}
+    before = out / "before"
     k0, w0 = after.k, after.settings["weighting"]
-    for correction in CORRECTIONS:
-        d = out / "derived" / f"{correction}-{w0}-k{k0}"
-        derive(out / "before", d, head, fit, correction, k0, w0)
-        sweeps["correction"][correction] = evaluate(d, dataset, SWEEP_MODES, d.name)
-    check = {"derived none = before": agreement(out / "derived" / f"none-{w0}-k{k0}", out / "before"),
-             f"derived {default} = after": agreement(out / "derived" / f"{default}-{w0}-k{k0}", out / "after")}
-    for weighting in ("relu", "log1p_relu", "logit"):
-        d = out / "derived" / f"{default}-{weighting}-k{k0}"
-        derive(out / "before", d, head, fit, default, k0, weighting)
-        sweeps["weighting"][weighting] = evaluate(d, dataset, SWEEP_MODES, d.name)
-    for k in args.top_ks:
-        d = out / "derived" / f"{default}-{w0}-k{k}"
-        derive(out / "before", d, head, fit, default, k, w0)
-        sweeps["top_k"][k] = evaluate(d, dataset, SWEEP_MODES, d.name)
+
+    def derived(correction, weighting=w0, k=k0, fit_=fit, tag=""):
+        d = out / "derived" / f"{correction}-{weighting}-k{k}{tag}"
+        derive(before, d, head, fit_, correction, k, weighting)
+        return d
+
+    def score(d, modes=SWEEP_MODES, name=None, extra=()):
+        return evaluate(d, dataset, modes, name or d.name, extra)
+
+    sweeps = {"correction": {c: score(derived(c)) for c in CORRECTIONS},
+              "weighting": {w: score(derived(default, weighting=w)) for w in ("relu", "log1p_relu", "logit")},
+              "top_k": {k: score(derived(default, k=k)) for k in args.top_ks},
+              "fit_docs": {}, "union_m": {}, "bm25_fusion": {}}
+    for n in args.fit_docs:
+        sample = fit_from_dense(before, fit.model_hash, n)
+        sweeps["fit_docs"][n] = score(derived(default, fit_=sample, tag=f"-fit{n}"))
     for m in args.union_ms:
-        sweeps["union_m"][m] = evaluate(out / "after", dataset, ("union",), f"after-union-m{m}",
-                                        ["--union-m", str(m)])
-    for with_, fusion, alpha in (("dense", "rrf", 0.5), ("dense", "weighted", 0.5),
-                                 ("dense", "weighted", 0.7), ("union", "weighted", 0.5),
-                                 ("tokens", "weighted", 0.5)):
+        sweeps["union_m"][m] = score(out / "after", ("union",), f"after-union-m{m}", ["--union-m", str(m)])
+    for with_, fusion, alpha in FUSIONS:
         name = f"after-bm25-{with_}-{fusion}-{alpha}"
-        sweeps["bm25_fusion"][name] = evaluate(out / "after", dataset, ("bm25-hybrid",), name,
-                                               ["--bm25-with", with_, "--fusion", fusion,
-                                                "--bm25-alpha", str(alpha)])
+        sweeps["bm25_fusion"][name] = score(out / "after", ("bm25-hybrid",), name,
+                                            ["--bm25-with", with_, "--fusion", fusion, "--bm25-alpha", str(alpha)])
+    check = {"derived none = before": agreement(derived("none"), before)}
+    if args.after == "job":
+        check[f"derived {default} = after (job)"] = agreement(derived(default), out / "after")
     report = {"dataset": str(dataset), "max_length": args.max_length, "default_correction": default,
               "jobs": jobs, "evaluations": reports, "sweeps": sweeps, "checks": check,
               "seconds": round(time.perf_counter() - t0, 1)}
@@ -216,10 +221,13 @@ def tables(report: dict) -> str:
     bm25 = ev["after"]["modes"]["bm25"]["nDCG@10"]
     dense = ev["after"]["modes"]["dense"]["nDCG@10"]   # the same dense vectors in every store
     job = report["jobs"]["after"]
+    how = (f"after: derived from before's dense vectors, the fit made from those of the "
+           f"{job['fit_docs']} documents the job samples (no second model pass)" if job.get("derived")
+           else f"after: the job, its fit on {job['fit_docs']} documents taking {job['fit_seconds']:.0f} s "
+                f"of its {job['wall_seconds']:.0f} s")
     lines = [f"{report['dataset']}, test split, {ev['after']['num_queries']} queries, "
-             f"{ev['after']['store_rows']} documents, max length {report['max_length']}; "
-             f"correction `{report['default_correction']}` fitted on {job.get('fit_docs')} documents "
-             f"in {job.get('fit_seconds')} s of a {job['wall_seconds']:.0f} s job", "",
+             f"{ev['after']['store_rows']} documents, max length {report['max_length']}, correction "
+             f"`{report['default_correction']}`; {how}", "",
              "| mode | before nDCG@10 | after nDCG@10 | after Recall@100 | after / dense | after / BM25 | queries/s |",
              "|---|---|---|---|---|---|---|"]
     for mode in MODES:
@@ -232,6 +240,7 @@ def tables(report: dict) -> str:
                   f"({ix.get('nnz', 0):,} postings), dense {ix.get('dense_bytes', 0) / 2**20:.1f} MiB", ""]
     for title, key, modes in (("correction (document top-K as the job)", "correction", SWEEP_MODES),
                               ("weighting", "weighting", SWEEP_MODES), ("document top-K", "top_k", SWEEP_MODES),
+                              ("fit sample (documents)", "fit_docs", SWEEP_MODES),
                               ("union M", "union_m", ("union",)), ("BM25 fusion", "bm25_fusion", ("bm25-hybrid",))):
         lines += [f"**{title}**", "", HEADER]
         for value, r in sw[key].items():

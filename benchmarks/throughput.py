@@ -149,11 +149,16 @@ def read_texts(dataset: str, limit: int | None) -> list[str]:
 
 def load_settings(config: str | None, max_length: int | None):
     """(EmbedSettings, model) of the preset, resolved as the embed job resolves ``--config``
-    (a key the job does not know is refused), with ``--max-length`` over it."""
+    (a key the job does not know is refused), with ``--max-length`` over it. Without the corpus
+    correction: the baseline projects the raw pooled vector (the correction is one rank-one update
+    of ``[batch, dim]`` per batch, and its fit pass a fraction of a job measured by
+    benchmarks/sparse_quality.py)."""
     from keytok_jax import settings
 
     classes = [cls for _, group in settings.JOB_GROUPS for cls in group]
-    flags = {} if max_length is None else {"max_length": max_length}
+    flags = {"correction": "none"}
+    if max_length is not None:
+        flags["max_length"] = max_length
     opts = settings.resolve(classes, flags, config=config or None)
     return settings.build(settings.EmbedSettings, opts), opts["model"]
 

@@ -57,6 +57,23 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
+def embed_runner(tiny_folder, capsys, *base_flags: str):
+    """``run(corpus, out, *flags)`` → (exit status, stderr, summary dict or None): the embed CLI
+    on the tiny model with ``base_flags`` (max length, top-k, shard size) and ``flags``."""
+    import json
+
+    from keytok_jax.cli.embed import main as embed_main
+
+    def run(corpus, out, *flags):
+        summary = out.parent / f"{out.name}.summary.json"
+        summary.unlink(missing_ok=True)
+        rc = embed_main(["--model", str(tiny_folder), "--input", str(corpus), "--output", str(out),
+                         *base_flags, "--no-progress", "--summary-json", str(summary), *flags])
+        err = capsys.readouterr().err
+        return rc, err, json.loads(summary.read_text()) if summary.exists() else None
+    return run
+
+
 def one_error(capsys, *expected: str) -> str:
     """The command's standard error is one ``error:`` line holding ``expected``, no traceback."""
     err = capsys.readouterr().err

@@ -131,3 +131,27 @@ def test_impl_is_a_static_module_attribute():
     assert fused.attention_impl == "fused"
     with pytest.raises(ValueError, match="attention impl must be one of"):
         model.module(impl="flash")
+
+
+def test_the_job_with_fused_attention_writes_the_same_vectors(tiny_folder, capsys, tmp_path):
+    """--attention-impl fused through the corpus job: the same top-k ids, weights and dense
+    vectors (up to float rounding) as the default."""
+    import json
+
+    from conftest import embed_runner
+    from keytok_jax import store as store_lib
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(
+        ["protein folding in the cell", "cats chase mice", "the stock market fell today",
+         "a recipe for apple pie with cinnamon and a long list of steps to follow"])))
+    run = embed_runner(tiny_folder, capsys, "--max-length", "32", "--top-k", "8", "--dense")
+    stores = {}
+    for impl in ("xla", "fused"):
+        rc, err, _ = run(corpus, tmp_path / impl, "--attention-impl", impl)
+        assert rc == 0, err
+        stores[impl] = store_lib.open(tmp_path / impl)
+    read = lambda s, name: np.asarray(getattr(s, name).read().result())  # noqa: E731
+    np.testing.assert_array_equal(read(stores["xla"], "token_ids"), read(stores["fused"], "token_ids"))
+    for name in ("token_weights", "dense"):
+        np.testing.assert_allclose(read(stores["xla"], name), read(stores["fused"], name), atol=1e-5)

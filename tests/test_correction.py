@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import one_error
+from conftest import embed_runner
 
 from keytok_jax import store as store_lib
-from keytok_jax.cli.embed import main as embed_main
 from keytok_jax.pipeline import CorrectionFit, Embedder, EmbedSettings
 from keytok_jax.pipeline.correction import Moments, correction_vectors
 from keytok_jax.pipeline.fitting import sample_positions
@@ -32,15 +31,7 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> Path:
 
 @pytest.fixture
 def embed(tiny_folder, capsys):
-    def run(corpus, out, *flags):
-        summary = out.parent / f"{out.name}.summary.json"
-        summary.unlink(missing_ok=True)
-        rc = embed_main(["--model", str(tiny_folder), "--input", str(corpus), "--output", str(out),
-                         "--max-length", "32", "--top-k", "8", "--shard-size", "8", "--no-progress",
-                         "--summary-json", str(summary), *flags])
-        err = capsys.readouterr().err
-        return rc, err, json.loads(summary.read_text()) if summary.exists() else None
-    return run
+    return embed_runner(tiny_folder, capsys, "--max-length", "32", "--top-k", "8", "--shard-size", "8")
 
 
 # ------------------------------------------------------------------ the maths

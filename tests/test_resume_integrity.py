@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import load_benchmark
+from conftest import embed_runner, load_benchmark
 
 from keytok_jax import store as store_lib
-from keytok_jax.cli.embed import main as embed_main
 
 compare_stores = load_benchmark("compare_stores")
 
@@ -38,15 +37,7 @@ def write_corpus(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def embed(tiny_folder, capsys):
     """``embed(corpus, out, *flags)`` → (exit status, stderr, summary dict or None)."""
-    def run(corpus, out, *flags):
-        summary = out.parent / f"{out.name}.summary.json"
-        summary.unlink(missing_ok=True)
-        rc = embed_main(["--model", str(tiny_folder), "--input", str(corpus), "--output", str(out),
-                         "--max-length", "32", "--top-k", "4", "--shard-size", "2",
-                         "--no-progress", "--summary-json", str(summary), *flags])
-        err = capsys.readouterr().err
-        return rc, err, json.loads(summary.read_text()) if summary.exists() else None
-    return run
+    return embed_runner(tiny_folder, capsys, "--max-length", "32", "--top-k", "4", "--shard-size", "2")
 
 
 def store_bytes(path: Path) -> dict[str, bytes]:

@@ -213,6 +213,7 @@ class Embedder:
     ties go to the lower token id; ``weighting`` maps logits to weights (``logit``; ``relu`` =
     max(logit, 0); ``log1p_relu`` = log(1 + max(logit, 0))).
 
+    ``attention_impl``: ``"xla"`` or ``"fused"`` (see :func:`keytok_jax.models.layers.attend`).
     ``mesh`` (a ``jax.sharding.Mesh`` or ``"data=D,model=M"``; default: the model's own, else one
     device) shards the step as :mod:`keytok_jax.sharding` says: parameters by the rules, batches
     over ``data`` (rows per batch rounded up to a multiple of its size), the top-k over ``model``.
@@ -220,7 +221,8 @@ class Embedder:
 
     def __init__(self, model: KeytokModel, settings: EmbedSettings | None = None, *,
                  shift: Shift | None = None, correction_fit: CorrectionFit | None = None,
-                 batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None):
+                 batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None,
+                 attention_impl: str = "xla"):
         self.model = model
         self.requested = settings or EmbedSettings()
         self.settings, self.st_modules = follow_model(model, self.requested)
@@ -237,7 +239,8 @@ class Embedder:
         self.feed = feed_for(self.mesh)
         self.shapes = Shapes(batch_tokens, tuple(seq_buckets(self.settings.max_length)),
                              self.feed.data_size, self.feed.host_rows)
-        self.step = Step(model, self.settings, correction, vocab_chunk, self.feed, self.st_modules)
+        self.step = Step(model, self.settings, correction, vocab_chunk, self.feed, self.st_modules,
+                         attention_impl)
         self.correction_fit = correction_fit
         self.stats = RunStats()
 

@@ -348,7 +348,7 @@ def _run_locked(job: JobSettings, process: int, processes: int, t_start: float) 
     if shift is not None:
         shift.check_model(model, job.model.shift)
     embedder = Embedder(model, job.embed, shift=shift, batch_tokens=job.speed.batch_tokens,
-                        vocab_chunk=job.speed.vocab_chunk)
+                        vocab_chunk=job.speed.vocab_chunk, attention_impl=job.speed.attention_impl)
     schedule = shard_schedule(embedder.mesh, process, processes)
     source = input_source(job.input.input)
     corpus = open_corpus(job.input, job.output.output, source, process)

@@ -101,11 +101,11 @@ def _post(modules: SentenceTransformerModules | None):
 
 
 def _device_step(model: KeytokModel, settings: EmbedSettings, chunk: int, mesh,
-                 modules: SentenceTransformerModules | None = None):
+                 modules: SentenceTransformerModules | None = None, attention_impl: str = "xla"):
     """The step function: ``(params, ids, mask, pool_mask, correction) → (dense, pooled, token ids,
     token weights)``; a sentence-transformers folder's step takes its Dense layers' arrays
     (:func:`module_params`) as a sixth argument."""
-    module = model.module(settings.attention)
+    module = model.module(settings.attention, impl=attention_impl)
     s = settings
     head = "embed" if model.config.tie_word_embeddings else "lm_head"
     post = _post(modules)
@@ -141,8 +141,10 @@ class Step:
     between batches (:meth:`set_correction`) without recompiling."""
 
     def __init__(self, model: KeytokModel, settings: EmbedSettings, correction: np.ndarray,
-                 vocab_chunk: int, feed: Feed, modules: SentenceTransformerModules | None = None):
+                 vocab_chunk: int, feed: Feed, modules: SentenceTransformerModules | None = None,
+                 attention_impl: str = "xla"):
         self.model, self.settings, self.vocab_chunk, self.feed = model, settings, vocab_chunk, feed
+        self.attention_impl = attention_impl
         self.modules = modules
         # the step's arguments after the shift vector: the Dense layers' arrays, if any
         self.extra = () if modules is None else (module_params(modules),)
@@ -174,7 +176,8 @@ class Step:
             lambda a: sharding.place(np.asarray(a), sharding.replicated(self.mesh)), self.extra)
 
     def _jit(self):
-        fn = _device_step(self.model, self.settings, self.vocab_chunk, self.mesh, self.modules)
+        fn = _device_step(self.model, self.settings, self.vocab_chunk, self.mesh, self.modules,
+                          self.attention_impl)
         if self.mesh is None:
             return jax.jit(fn)
         rows = self.feed.rows

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..errors import SettingsError
 from ..loading import DEFAULT_MODEL
 from ..model import ATTENTION_MODES
+from ..models.layers import ATTENTION_IMPLS
 from ..pooling import POOLING_METHODS
 from ..projection import CORRECTIONS, WEIGHTINGS
 from .core import build, setting
@@ -194,6 +195,11 @@ class OutputSettings:
 class SpeedSettings:
     batch_tokens: int = setting(8192, "padded tokens per device batch")
     vocab_chunk: int = setting(4096, "vocabulary rows per top-k step")
+    attention_impl: str = setting("xla", "attention kernel: xla (blocked einsums, the faster on "
+                                  "CPU) or fused (jax.nn.dot_product_attention: cuDNN fused "
+                                  "attention on GPU, with --dtype bfloat16); the same vectors up to "
+                                  "float rounding (tests/test_attention_impl.py)",
+                                  choices=ATTENTION_IMPLS)
     no_progress: bool = setting(False, "no progress bar")
 
 
