@@ -208,3 +208,17 @@ def test_fit_refusals_before_anything_loads(embed, tmp_path, capsys):
     assert rc == 2 and "--correction-fit" in err and "missing.json" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert set(CORRECTIONS) == {"none", "mean", "pc1", "mean-pc1"}
+
+
+def test_spread_sample_with_rejected_lines(embed, tmp_path):
+    """The document count is an upper bound when lines are rejected: the spread sample still gets
+    its documents (the last ones stand in for positions past the end), and the rejects file is
+    the corpus pass's alone."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 6)
+    lines = corpus.read_text().splitlines()
+    corpus.write_text("\n".join(lines[:2] + ["not json"] + lines[2:]) + "\n")
+    rc, err, summary = embed(corpus, tmp_path / "s", "--correction", "pc1", "--fit-docs", "3",
+                             "--on-error", "skip")
+    assert rc == 0, err
+    assert summary["rejected"] == 1 and summary["rows"] == 6 and summary["fit_docs"] == 3
+    assert len((tmp_path / "s.rejects.jsonl").read_text().splitlines()) == 1

@@ -12,6 +12,8 @@ same correction.
 from __future__ import annotations
 
 import itertools
+import os
+from collections import deque
 import time
 from pathlib import Path
 
@@ -53,12 +55,28 @@ def sample_docs(source, inp: InputSettings, fit: FitSettings, corpus: Corpus
         head = list(itertools.islice(corpus.docs, n))
         corpus.docs = itertools.chain(head, corpus.docs)
         return head, f"first {len(head)} documents of {name}"
+    # the corpus pass writes the rejected lines; this one only skips them
     docs = read_corpus(source, format=inp.format, id_field=inp.id_field,
-                       text_fields=tuple(inp.text_fields), on_error=inp.on_error)
-    want = sample_positions(total, n)
-    picked = [d for _, d in zip(range(int(want[-1]) + 1), docs)]
-    picked = [picked[i] for i in want if i < len(picked)]
+                       text_fields=tuple(inp.text_fields), on_error=inp.on_error,
+                       rejects_path=os.devnull if inp.on_error == "skip" else None)
+    picked = _spread(docs, sample_positions(total, n))
     return picked, f"{len(picked)} documents spread over the {total} of {name}"
+
+
+def _spread(docs, want: np.ndarray) -> list[Doc]:
+    """The documents at positions ``want`` (increasing), streaming. A count with rejected lines
+    is an upper bound, so positions may fall past the end: the last documents stand in for them."""
+    wanted, picked = set(want.tolist()), {}
+    recent: deque = deque(maxlen=len(want))
+    for i, doc in enumerate(docs):
+        if i in wanted:
+            picked[i] = doc
+        recent.append((i, doc))
+    for i, doc in reversed(recent):
+        if len(picked) >= min(len(want), len(recent)):
+            break
+        picked.setdefault(i, doc)
+    return [picked[i] for i in sorted(picked)]
 
 
 def fit_settings(job: JobSettings, fit: CorrectionFit | None) -> dict:
