@@ -49,8 +49,8 @@ from keytok_jax.settings import JOB_PRESET, EmbedSettings, FitSettings, defaults
 
 MODES = ("bm25", "tokens", "encode", "expand", "union", "dense", "hybrid", "bm25-hybrid")
 SWEEP_MODES = ("tokens", "union")
-FUSIONS = tuple((w, "weighted", a) for w in ("dense", "union", "expand") for a in (0.5, 0.7, 0.8, 0.9)) + (
-    ("dense", "rrf", 0.5), ("union", "rrf", 0.5))
+FUSIONS = [f"{w}:weighted:{a}" for w in ("dense", "union", "expand") for a in (0.5, 0.7, 0.8, 0.9)] + [
+    "dense:rrf:0.5", "union:rrf:0.5"]
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -155,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--fit-docs", type=int, nargs="+", default=[32, 64, 128, 256, 1024, 100000],
                    help="fit sample sizes swept, for the default correction (default: %(default)s; "
                         "more than the corpus: all of it)")
+    p.add_argument("--fusions", nargs="+", default=FUSIONS, metavar="WITH:FUSION:ALPHA",
+                   help="bm25-hybrid settings swept: keytok mode, fusion, BM25 weight (default: %(default)s)")
     p.add_argument("--union-ms", type=int, nargs="+", default=[0, 4, 16, 64],
                    help="union mode's M values swept (default: %(default)s)")
     args = p.parse_args(argv)
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
         sweeps["fit_docs"][n] = score(derived(default, fit_=sample, tag=f"-fit{n}"))
     for m in args.union_ms:
         sweeps["union_m"][m] = score(out / "after", ("union",), f"after-union-m{m}", ["--union-m", str(m)])
-    for with_, fusion, alpha in FUSIONS:
+    for with_, fusion, alpha in (f.split(":") for f in args.fusions):
         name = f"after-bm25-{with_}-{fusion}-{alpha}"
         sweeps["bm25_fusion"][name] = score(out / "after", ("bm25-hybrid",), name,
                                             ["--bm25-with", with_, "--fusion", fusion, "--bm25-alpha", str(alpha)])

@@ -201,8 +201,10 @@ def test_queries_get_the_documents_correction(embed, tmp_path):
 
 def test_fit_refusals_before_anything_loads(embed, tmp_path, capsys):
     corpus = write_corpus(tmp_path / "c.jsonl", 4)
-    rc, err, _ = embed(corpus, tmp_path / "a", "--correction-fit", str(corpus))
+    rc, err, _ = embed(corpus, tmp_path / "a", "--correction", "none", "--correction-fit", str(corpus))
     assert rc == 2 and "--correction-fit: has no effect with --correction none" in err
+    rc, err, _ = embed(corpus, tmp_path / "a", "--correction-fit", str(corpus))
+    assert rc == 2 and f"--correction-fit {corpus}: cannot read a correction fit" in err
     rc, err, _ = embed(corpus, tmp_path / "b", "--correction", "pc1", "--correction-fit",
                        str(tmp_path / "missing.json"))
     assert rc == 2 and "--correction-fit" in err and "missing.json" in err
@@ -222,3 +224,24 @@ def test_spread_sample_with_rejected_lines(embed, tmp_path):
     assert rc == 0, err
     assert summary["rejected"] == 1 and summary["rows"] == 6 and summary["fit_docs"] == 3
     assert len((tmp_path / "s.rejects.jsonl").read_text().splitlines()) == 1
+
+
+def test_an_edited_fit_sample_refuses_the_store(embed, tmp_path):
+    """Every vector depends on the fit: when a sampled row changes, no shard can be kept (even
+    with --recompute); a row outside the sample is recomputed shard by shard as usual."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 20)
+    out = tmp_path / "s"
+    flags = ("--correction", "pc1", "--fit-docs", "4")     # spread: rows 0, 6, 13, 19
+    assert embed(corpus, out, *flags)[0] == 0
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    rows[3]["text"] += " edited"                            # not sampled
+    write_corpus_rows = lambda rs: corpus.write_text("".join(json.dumps(r) + "\n" for r in rs))  # noqa: E731
+    write_corpus_rows(rows)
+    rc, err, summary = embed(corpus, out, *flags, "--recompute")
+    assert rc == 0 and summary["shards_recomputed"] == 1 and summary["fit_from"] == "store", err
+    rows[6]["text"] += " edited"                            # sampled
+    write_corpus_rows(rows)
+    for extra in ((), ("--recompute",)):
+        rc, err, _ = embed(corpus, out, *flags, *extra)
+        assert rc == 2 and "the correction was fitted on documents that changed" in err, err
+        assert "sample document 2" in err and "id 'd6'" in err and "new --output" in err

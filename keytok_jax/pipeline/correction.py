@@ -113,13 +113,16 @@ class CorrectionFit:
     ``mean`` (the corpus-mean pooled vector), ``pc1`` (first principal direction of the uncentred
     vectors, the paper's), ``pc1_centered`` (of the centred ones), each ``[D]`` float32; ``docs``
     the sample size; ``sample`` says what was sampled (e.g. ``"first 1024 documents of
-    corpus.jsonl"``)."""
+    corpus.jsonl"``); ``input`` the fingerprint of the sampled rows (ids, texts, flags:
+    ``store.input_fingerprint``) when fitted on a corpus, so a resumed job can tell that its
+    input still holds them."""
     mean: np.ndarray
     pc1: np.ndarray
     pc1_centered: np.ndarray
     docs: int
     sample: str
     model_hash: str | None = None
+    input: dict | None = None
 
     @classmethod
     def from_moments(cls, m: Moments, sample: str, model_hash: str | None = None) -> "CorrectionFit":
@@ -136,7 +139,7 @@ class CorrectionFit:
 
     def as_json(self) -> dict:
         return {"format": FIT_FORMAT, "docs": self.docs, "sample": self.sample,
-                "model_hash": self.model_hash, "fingerprint": self.fingerprint(),
+                "model_hash": self.model_hash, "fingerprint": self.fingerprint(), "input": self.input,
                 **{name: [float(x) for x in getattr(self, name)]
                    for name in ("mean", "pc1", "pc1_centered")}}
 
@@ -148,7 +151,8 @@ class CorrectionFit:
                                 f"expected {FIT_FORMAT!r})")
         try:
             arrays = [np.asarray(data[k], np.float32) for k in ("mean", "pc1", "pc1_centered")]
-            fit = cls(*arrays, int(data["docs"]), str(data["sample"]), data.get("model_hash"))
+            fit = cls(*arrays, int(data["docs"]), str(data["sample"]), data.get("model_hash"),
+                      data.get("input"))
         except (KeyError, TypeError, ValueError) as e:
             raise SettingsError(f"{where}: damaged correction fit ({type(e).__name__}: {e})") from None
         if data.get("fingerprint") not in (None, fit.fingerprint()):

@@ -11,6 +11,7 @@ same correction.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections import deque
@@ -29,7 +30,8 @@ from .embedder import EmbedError, Embedder
 from .preflight import STDIN
 from .read import read_corpus
 
-__all__ = ["FIT_ATTACHMENT", "sample_positions", "sample_docs", "job_fit", "fit_settings"]
+__all__ = ["FIT_ATTACHMENT", "sample_positions", "sample_docs", "job_fit", "fit_settings",
+           "check_sample", "attach_fit"]
 
 FIT_ATTACHMENT = "correction_fit"
 
@@ -90,6 +92,32 @@ def fit_settings(job: JobSettings, fit: CorrectionFit | None) -> dict:
             "fit_sample": job.fit.fit_sample}
 
 
+def _sample_fingerprint(docs: list[Doc]) -> dict:
+    return store.input_fingerprint([d.id for d in docs], [d.text for d in docs], [d.flags for d in docs])
+
+
+def check_sample(job: JobSettings, source, corpus: Corpus, fit: CorrectionFit | None,
+                 report: dict) -> None:
+    """A store's fit is reused only while the input still holds the rows it was fitted on: every
+    vector of the store depends on it, so an edited sample cannot be mended shard by shard.
+    Called once the store has accepted the job's settings (the same sample rule)."""
+    if fit is None or fit.input is None or report.get("fit_from") != "store":
+        return
+    docs, _ = sample_docs(source, job.input, job.fit, corpus)
+    now = _sample_fingerprint(docs)
+    if now["input_sha256"] == fit.input["input_sha256"]:
+        return
+    old, new = fit.input["input_rows"], now["input_rows"]
+    row = next((i for i in range(len(docs)) if old[8 * i: 8 * i + 8] != new[8 * i: 8 * i + 8]),
+               len(docs))
+    where = (f"sample document {row + 1}: {docs[row].source}, id {docs[row].id!r}" if row < len(docs)
+             else f"the sample now holds {len(docs)} documents, not {len(old) // 8}")
+    raise store.InputChangedError(
+        f"{job.output.output}: the correction was fitted on documents that changed since it was "
+        f"recorded ({where}); every vector of the store depends on that fit, so no shard can be "
+        "kept: write to a new --output")
+
+
 def _fit_on_corpus(job: JobSettings, embedder: Embedder, source, corpus: Corpus) -> CorrectionFit:
     docs, sample = sample_docs(source, job.input, job.fit, corpus)
     if not docs:
@@ -100,11 +128,12 @@ def _fit_on_corpus(job: JobSettings, embedder: Embedder, source, corpus: Corpus)
     st = embedder.stats
     counts = (st.docs, st.real_tokens, st.padded_tokens, st.batches)
     try:
-        return embedder.fit_correction(tokenized, sample=sample)
+        fit = embedder.fit_correction(tokenized, sample=sample)
     except EmbedError as e:
         raise e.named([d.source for d in docs]) from None
     finally:   # the job's counters are the corpus pass's (compilations are shared and kept)
         st.docs, st.real_tokens, st.padded_tokens, st.batches = counts
+    return dataclasses.replace(fit, input=_sample_fingerprint(docs))
 
 
 def _broadcast(fit: CorrectionFit) -> CorrectionFit:
@@ -112,8 +141,8 @@ def _broadcast(fit: CorrectionFit) -> CorrectionFit:
     arrays = multihost_utils.broadcast_one_to_all(
         (fit.mean, fit.pc1, fit.pc1_centered, np.int64(fit.docs)))
     mean, pc1, centered, docs = (np.asarray(a) for a in arrays)
-    return CorrectionFit(mean.astype(np.float32), pc1.astype(np.float32),
-                         centered.astype(np.float32), int(docs), fit.sample, fit.model_hash)
+    return dataclasses.replace(fit, mean=mean.astype(np.float32), pc1=pc1.astype(np.float32),
+                               pc1_centered=centered.astype(np.float32), docs=int(docs))
 
 
 def job_fit(job: JobSettings, embedder: Embedder, source, corpus: Corpus,

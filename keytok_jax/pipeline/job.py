@@ -35,7 +35,7 @@ from ..settings import (DeviceSettings, EmbedSettings, InputSettings, JobSetting
                         defaults)
 from .correction import CorrectionFit, Shift
 from .embedder import EmbedError, Embedder, model_identity
-from .fitting import attach_fit, fit_settings, job_fit
+from .fitting import attach_fit, check_sample, fit_settings, job_fit
 from .lockstep import shard_schedule
 from .preflight import STDIN, check_job
 from .read import count_docs, read_corpus
@@ -354,6 +354,7 @@ def _run_locked(job: JobSettings, process: int, processes: int, t_start: float) 
     corpus = open_corpus(job.input, job.output.output, source, process)
     fit, fit_report = job_fit(job, embedder, source, corpus, processes)
     writer = open_store(job, embedder, shift, source, fit)
+    check_sample(job, source, corpus, fit, fit_report)
     if process == 0:
         attach_fit(writer, fit)
     shards = Shards(corpus.docs, writer.shard_size, job.input.limit)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..errors import CorpusError, PathError, SettingsError
 from ..settings import InputSettings, JobSettings
+from .correction import CorrectionFit
 from .read_formats import (FORMATS, STDIN, check_encoding, detect_format, name_of, open_binary,
                            parquet_columns, parquet_file)
 
@@ -72,6 +73,10 @@ def _check_fit(job: JobSettings) -> None:
         return
     if job.fit.correction_fit:
         check_readable_file("--correction-fit", job.fit.correction_fit)
+        try:
+            CorrectionFit.load(job.fit.correction_fit)
+        except SettingsError as e:
+            raise PathError(f"--correction-fit {e}") from None
 
 
 def _check_numbers(job: JobSettings) -> None:
