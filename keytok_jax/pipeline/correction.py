@@ -18,7 +18,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ..errors import SettingsError
 from ..projection import CORRECTIONS
@@ -32,8 +34,12 @@ FIT_FORMAT = "keytok-correction-fit/1"
 
 def model_hash(model) -> str:
     """Content hash of a model's LM head (the matrix the shift is projected through): sha256 of
-    its float32 bytes and shape, first 16 hex digits."""
-    head = np.asarray(model.lm_head, np.float32)
+    its float32 bytes and shape, first 16 hex digits. A head laid out over several processes'
+    devices is gathered first (a collective: every process of the job calls this together)."""
+    head = model.lm_head
+    if isinstance(head, jax.Array) and not head.is_fully_addressable:
+        head = multihost_utils.process_allgather(head, tiled=True)
+    head = np.asarray(head, np.float32)
     h = hashlib.sha256(str(head.shape).encode())
     h.update(np.ascontiguousarray(head).tobytes())
     return h.hexdigest()[:16]
