@@ -31,7 +31,8 @@ def show(args: argparse.Namespace) -> None:
     settings = s.manifest["settings"]
     print(f"{args.store}: {len(s)} rows, k={s.manifest['k']}, "
           f"dense={'yes' if s.dense is not None else 'no'}, model={settings.get('model')}, "
-          f"pooling={settings.get('pooling')}, prompt={settings.get('prompt')}")
+          f"pooling={settings.get('pooling')}, prompt={settings.get('prompt')}, "
+          f"correction={settings.get('correction', 'none')}")
     tokenizer = load_model(args.model or settings["model"],
                            dtype=settings.get("dtype", "float32")).tokenizer
     n = min(args.rows, len(s))
