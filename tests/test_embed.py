@@ -15,7 +15,7 @@ from conftest import SHARED, SMOLLM2_GGUF, shared_or_skip
 import keytok_jax
 from keytok_jax import store as store_lib
 from keytok_jax.cli.embed import main as embed_main, resolve_options
-from keytok_jax.pipeline import EmbedSettings, Embedder, Shift, seq_buckets
+from keytok_jax.pipeline import CorrectionFit, EmbedSettings, Embedder, Shift, seq_buckets
 
 SCIFACT = SHARED / "data" / "scifact"
 
@@ -127,8 +127,11 @@ def test_cli_end_to_end_on_scifact(smollm2, tmp_path, capsys):
     assert s.ids == [d["_id"] for d in corpus]
     assert arrays["token_ids"].shape == (256, 16) and arrays["dense"].shape == (256, 576)
     assert s.manifest["settings"]["pooling"] == "last" and s.manifest["complete"]
-    # the rows equal the API on the same texts
-    emb = Embedder(smollm2, EmbedSettings(pooling="last", prompt="prompteol", max_length=64, top_k=16))
+    # the rows equal the API on the same texts, with the store's correction fit
+    assert s.manifest["settings"]["correction"] == "pc1"
+    emb = Embedder(smollm2, EmbedSettings(pooling="last", prompt="prompteol", max_length=64, top_k=16,
+                                          correction="pc1"),
+                   correction_fit=CorrectionFit.load(out / "correction_fit.json"))
     texts = [" ".join(x for x in (d["title"], d["text"]) if x) for d in corpus[:5]]
     api = emb.encode(texts, output_value=None)
     np.testing.assert_array_equal(api.token_ids, arrays["token_ids"][:5])
