@@ -353,11 +353,12 @@ class Embedder:
 
     def _collect(self, done: _InFlight, out: EmbedOutput, on_batch) -> None:
         rows, m = done.rows, len(done.rows)
-        dense, pooled, ids, weights = (np.asarray(self.feed.local(a))[:m] for a in done.result)
+        dense, pooled, ids, weights = done.result
+        dense, ids, weights = (np.asarray(self.feed.local(a))[:m] for a in (dense, ids, weights))
         check_outputs(dense, ids, weights, self.model.config.vocab_size, rows)
         out.dense[rows], out.token_ids[rows], out.token_weights[rows] = dense, ids, weights
-        if out.pooled is not None:
-            out.pooled[rows] = pooled
+        if out.pooled is not None:   # read back only when asked (the fit pass)
+            out.pooled[rows] = np.asarray(self.feed.local(pooled))[:m]
         if on_batch is not None and m:
             on_batch(m, int(out.lengths[rows].sum()), done.padded)
 

@@ -18,10 +18,25 @@ import numpy as np
 from ..errors import DatasetError
 from ..pipeline import read_corpus
 
-__all__ = ["BM25Index"]
+__all__ = ["BM25Index", "corpus_texts"]
 
 K1, B = 1.5, 0.75
 logging.getLogger("bm25s").setLevel(logging.WARNING)   # it logs every index build at DEBUG
+
+
+def corpus_texts(source, keep, *, format: str = "auto", id_field: str = "_id",
+                 text_fields=("title", "text")) -> tuple[list[str], list[str]]:
+    """Ids and texts of the corpus documents whose id is in ``keep`` (all when None), in corpus
+    order; refuses a corpus holding none of them."""
+    ids, texts = [], []
+    for doc in read_corpus(source, format=format, id_field=id_field, text_fields=tuple(text_fields)):
+        if keep is None or doc.id in keep:
+            ids.append(doc.id)
+            texts.append(doc.text)
+    if not ids:
+        raise DatasetError(f"{source}: none of the store's documents is in the corpus "
+                           "(is it the corpus the store was embedded from?)")
+    return ids, texts
 
 
 def _store_texts(store, corpus) -> tuple[np.ndarray, list[str]]:
@@ -33,17 +48,9 @@ def _store_texts(store, corpus) -> tuple[np.ndarray, list[str]]:
                            f"({source!r} cannot be read; pass its path)")
     fmt = "beir" if corpus is not None and Path(corpus).is_dir() else s.get("format", "auto")
     row_of = {doc_id: r for r, doc_id in enumerate(store.ids)}
-    rows, texts = [], []
-    for doc in read_corpus(source, format=fmt, id_field=s.get("id_field", "_id"),
-                           text_fields=tuple(s.get("text_fields", ("title", "text")))):
-        r = row_of.get(doc.id)
-        if r is not None:
-            rows.append(r)
-            texts.append(doc.text)
-    if not rows:
-        raise DatasetError(f"{source}: none of the store's documents is in the corpus "
-                           "(is it the corpus the store was embedded from?)")
-    return np.asarray(rows, np.int64), texts
+    ids, texts = corpus_texts(source, row_of, format=fmt, id_field=s.get("id_field", "_id"),
+                              text_fields=s.get("text_fields", ("title", "text")))
+    return np.asarray([row_of[i] for i in ids], np.int64), texts
 
 
 class BM25Index:

@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import store as store_lib
-from ..errors import DatasetError
-from ..pipeline import read_corpus
 from ..settings.search import ALL_MODES, EvaluateSettings
-from .bm25 import BM25Index
+from .bm25 import BM25Index, corpus_texts
 from .queries import load_beir
 from .searcher import Searcher
 
@@ -50,15 +48,7 @@ def bm25_run(dataset, queries: dict[str, str], k: int,
     """BM25 (:class:`~keytok_jax.retrieval.bm25.BM25Index`) over the dataset's corpus (title +
     text), restricted to ``doc_ids`` when given (a store's own documents, so BM25 and the store's
     modes rank the same documents); returns (run, timings and the number of documents indexed)."""
-    keep = None if doc_ids is None else set(doc_ids)
-    ids, texts = [], []
-    for doc in read_corpus(Path(dataset), format="beir"):
-        if keep is None or doc.id in keep:
-            ids.append(doc.id)
-            texts.append(doc.text)
-    if not ids:
-        raise DatasetError(f"{dataset}: none of the store's documents is in the corpus "
-                           "(is it the dataset the store was embedded from?)")
+    ids, texts = corpus_texts(Path(dataset), None if doc_ids is None else set(doc_ids), format="beir")
     index = BM25Index(np.arange(len(ids)), texts)
     qids = list(queries)
     t0 = time.perf_counter()
