@@ -25,6 +25,7 @@ Steps (each kept when its output exists, so an interrupted run resumes where it 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -44,9 +45,15 @@ from keytok_jax.loading import load_model  # noqa: E402
 from keytok_jax.pipeline.correction import (CorrectionFit, Moments, correction_vectors,  # noqa: E402
                                             model_hash)
 from keytok_jax.pipeline.fitting import FIT_ATTACHMENT, sample_positions  # noqa: E402
-from keytok_jax.projection import CORRECTIONS, correct, topk_projection  # noqa: E402
+from keytok_jax.pipeline import Embedder  # noqa: E402
+from keytok_jax.projection import (CORRECTIONS, DOC_TOKENS, correct, literal_projection,  # noqa: E402
+                                  topk_projection)
+from keytok_jax.retrieval.bm25 import corpus_texts  # noqa: E402
 from keytok_jax.settings import JOB_PRESET, EmbedSettings, FitSettings, defaults  # noqa: E402
 
+# The before job: what the corpus job wrote before the correction and literal document tokens.
+BEFORE = ["--correction", "none", "--doc-tokens", "aligned", "--top-k", "64"]
+EMBED_FIELDS = {f.name for f in dataclasses.fields(EmbedSettings)}
 MODES = ("bm25", "tokens", "encode", "expand", "union", "dense", "hybrid", "bm25-hybrid")
 SWEEP_MODES = ("tokens", "union")
 FUSIONS = [f"{w}:weighted:{a}" for w in ("dense", "union", "expand") for a in (0.5, 0.7, 0.8, 0.9)] + [
@@ -82,13 +89,16 @@ def evaluate(store: Path, dataset: Path, modes, name: str, extra=()) -> dict:
 
 
 def derive(src: Path, dst: Path, head: np.ndarray, fit: CorrectionFit, correction: str,
-           top_k: int, weighting: str, chunk: int = 4096, rows: int = 512) -> None:
+           top_k: int, weighting: str, doc_tokens: str = "aligned", literal=None,
+           chunk: int = 4096, rows: int = 512) -> None:
     """A store like ``src`` whose sparse vectors are ``src``'s dense vectors re-projected with
-    another correction, document top-K or weighting (the settings say which)."""
+    another correction, document tokens, top-K or weighting (the settings say which);
+    ``literal``: each row's literal tokens (:func:`literal_of`), for ``doc_tokens="literal"``."""
     if (dst / "manifest.json").exists() and store_lib.open(dst).complete:
         return
     s = store_lib.open(src)
-    settings = {**s.settings, "correction": correction, "top_k": top_k, "weighting": weighting}
+    settings = {**s.settings, "correction": correction, "top_k": top_k, "weighting": weighting,
+                "doc_tokens": doc_tokens}
     if correction != "none":
         settings["correction_fit"] = fit.fingerprint()
     writer = store_lib.StoreWriter.create_or_resume(dst, settings, k=top_k, vocab_size=s.vocab_size,
@@ -96,11 +106,19 @@ def derive(src: Path, dst: Path, head: np.ndarray, fit: CorrectionFit, correctio
     if correction != "none":
         writer.attach(FIT_ATTACHMENT, fit.as_json())
     vectors = correction_vectors(correction, head.shape[1], fit)
+
+    def project(start, x):
+        x = correct(x, vectors)
+        if doc_tokens == "aligned":
+            return topk_projection(x, head, top_k, chunk=chunk, weighting=weighting)
+        docs = literal[start: start + len(x)]
+        width = max(max((len(d) for d in docs), default=0), top_k)
+        return literal_projection(x, head, pad_literal_ids(docs, width), top_k)
+
     for i, rec in enumerate(s.shard_records()):
         start, n = rec["row_start"], rec["num_rows"]
         dense = np.asarray(s.dense[start: start + n].read().result())
-        parts = [topk_projection(correct(dense[j: j + rows], vectors), head, top_k, chunk=chunk,
-                                 weighting=weighting) for j in range(0, n, rows)]
+        parts = [project(start + j, dense[j: j + rows]) for j in range(0, n, rows)]
         ids = np.concatenate([np.asarray(p[0]) for p in parts])
         weights = np.concatenate([np.asarray(p[1]) for p in parts])
         flags = np.asarray(s.flags[start: start + n].read().result())
@@ -109,6 +127,28 @@ def derive(src: Path, dst: Path, head: np.ndarray, fit: CorrectionFit, correctio
         writer.write_shard(i, s.ids[start: start + n], ids, weights,
                            np.asarray(s.lengths[start: start + n].read().result()), flags, dense)
     writer.finalize(len(s.shard_records()))
+
+
+def pad_literal_ids(docs, width: int) -> np.ndarray:
+    out = np.full((len(docs), width), -1, np.int32)
+    for j, d in enumerate(docs):
+        out[j, : len(d)] = d
+    return out
+
+
+def literal_of(store: Path, model) -> list[np.ndarray]:
+    """Each row's literal tokens as the job's tokenizer gives them (``doc_tokens="literal"``), the
+    corpus read as the job read it (the store's recorded input and fields)."""
+    s = store_lib.open(store)
+    st = s.settings
+    _, texts = corpus_texts(st["input"], None, id_field=st.get("id_field", "_id"),
+                            text_fields=tuple(st.get("text_fields", ("title", "text"))))
+    if len(texts) != len(s):
+        raise SystemExit(f"{st['input']} has {len(texts)} documents, the store {len(s)}")
+    settings = EmbedSettings(**{k: v for k, v in st.items() if k in EMBED_FIELDS
+                                and k not in ("correction", "weighting", "top_k")} | {"doc_tokens": "literal"})
+    tok = Embedder(model, settings).doc_tokenizer
+    return [d.literal for i in range(0, len(texts), 1024) for d in tok(texts[i: i + 1024])]
 
 
 def fit_from_dense(store: Path, hash_: str, docs: int = FitSettings().fit_docs) -> CorrectionFit:
@@ -170,32 +210,37 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     model = load_model(JOB_PRESET["model"])
     head = np.asarray(model.lm_head, np.float32)
-    default = {**defaults(EmbedSettings), **JOB_PRESET}["correction"]
-    jobs = {"before": embed(dataset, out / "before", common + ["--correction", "none"])}
+    job = {**defaults(EmbedSettings), **JOB_PRESET}
+    default, k0, tokens0 = job["correction"], job["top_k"], job["doc_tokens"]
+    before = out / "before"
+    jobs = {"before": embed(dataset, before, common + BEFORE)}
+    literal = literal_of(before, model)
     if args.after == "job":
         jobs["after"] = embed(dataset, out / "after", common)
         fit = CorrectionFit.from_json(store_lib.open(out / "after").attachment(FIT_ATTACHMENT), out / "after")
     else:
-        fit = fit_from_dense(out / "before", model_hash(model))
-        derive(out / "before", out / "after", head, fit, default, store_lib.open(out / "before").k,
-               store_lib.open(out / "before").settings["weighting"])
+        fit = fit_from_dense(before, model_hash(model))
+        derive(before, out / "after", head, fit, default, k0, job["weighting"], tokens0, literal)
         jobs["after"] = {**jobs["before"], "derived": True, "fit_docs": fit.docs}
-    after = store_lib.open(out / "after")
     reports = {name: evaluate(out / name, dataset, MODES, name) for name in jobs}
-    before = out / "before"
-    k0, w0 = after.k, after.settings["weighting"]
+    w0 = job["weighting"]
 
-    def derived(correction, weighting=w0, k=k0, fit_=fit, tag=""):
-        d = out / "derived" / f"{correction}-{weighting}-k{k}{tag}"
-        derive(before, d, head, fit_, correction, k, weighting)
+    def derived(correction, weighting=w0, k=k0, fit_=fit, tag="", doc_tokens=tokens0):
+        name = f"{correction}-{weighting}-k{k}{tag}"
+        d = out / "derived" / (name if doc_tokens == "aligned" else f"literal-{name}")
+        derive(before, d, head, fit_, correction, k, weighting, doc_tokens, literal)
         return d
 
     def score(d, modes=SWEEP_MODES, name=None, extra=()):
         return evaluate(d, dataset, modes, name or d.name, extra)
 
-    sweeps = {"correction": {c: score(derived(c)) for c in CORRECTIONS},
-              "weighting": {w: score(derived(default, weighting=w)) for w in ("relu", "log1p_relu", "logit")},
-              "top_k": {k: score(derived(default, k=k)) for k in args.top_ks},
+    aligned_k = int(BEFORE[BEFORE.index("--top-k") + 1])
+    sweeps = {"correction": {f"{t} {c}": score(derived(c, doc_tokens=t, k=k0 if t == tokens0 else aligned_k))
+                             for t in DOC_TOKENS for c in CORRECTIONS},
+              "weighting (aligned)": {w: score(derived(default, weighting=w, doc_tokens="aligned", k=aligned_k))
+                                      for w in ("relu", "log1p_relu", "logit")},
+              "top_k": {f"{t} {k}": score(derived(default, k=k, doc_tokens=t))
+                        for t in DOC_TOKENS for k in args.top_ks},
               "fit_docs": {}, "union_m": {}, "bm25_fusion": {}}
     for n in args.fit_docs:
         sample = fit_from_dense(before, fit.model_hash, n)
@@ -206,9 +251,9 @@ def main(argv=None) -> int:
         name = f"after-bm25-{with_}-{fusion}-{alpha}"
         sweeps["bm25_fusion"][name] = score(out / "after", ("bm25-hybrid",), name,
                                             ["--bm25-with", with_, "--fusion", fusion, "--bm25-alpha", str(alpha)])
-    check = {"derived none = before": agreement(derived("none"), before)}
+    check = {"derived aligned none = before": agreement(derived("none", doc_tokens="aligned", k=aligned_k), before)}
     if args.after == "job":
-        check[f"derived {default} = after (job)"] = agreement(derived(default), out / "after")
+        check[f"derived {tokens0} {default} = after (job)"] = agreement(derived(default), out / "after")
     report = {"dataset": str(dataset), "max_length": args.max_length, "default_correction": default,
               "jobs": jobs, "evaluations": reports, "sweeps": sweeps, "checks": check,
               "seconds": round(time.perf_counter() - t0, 1)}
@@ -240,8 +285,10 @@ def tables(report: dict) -> str:
     ix = ev["after"].get("index", {})
     lines += ["", f"sparse index {ix.get('sparse_bytes', 0) / 2**20:.1f} MiB "
                   f"({ix.get('nnz', 0):,} postings), dense {ix.get('dense_bytes', 0) / 2**20:.1f} MiB", ""]
-    for title, key, modes in (("correction (document top-K as the job)", "correction", SWEEP_MODES),
-                              ("weighting", "weighting", SWEEP_MODES), ("document top-K", "top_k", SWEEP_MODES),
+    for title, key, modes in (("document tokens and correction (top-K: literal as the job, aligned as before)",
+                               "correction", SWEEP_MODES),
+                              ("weighting of aligned tokens", "weighting (aligned)", SWEEP_MODES),
+                              ("document top-K", "top_k", SWEEP_MODES),
                               ("fit sample (documents)", "fit_docs", SWEEP_MODES),
                               ("union M", "union_m", ("union",)), ("BM25 fusion", "bm25_fusion", ("bm25-hybrid",))):
         lines += [f"**{title}**", "", HEADER]

@@ -152,11 +152,13 @@ def load_settings(config: str | None, max_length: int | None):
     (a key the job does not know is refused), with ``--max-length`` over it. Without the corpus
     correction: the baseline projects the raw pooled vector (the correction is one rank-one update
     of ``[batch, dim]`` per batch, and its fit pass a fraction of a job measured by
-    benchmarks/sparse_quality.py)."""
+    benchmarks/sparse_quality.py), and both take the top-64 of the whole vocabulary's projection
+    (``doc_tokens="aligned"``; the preset's literal tokens need only the rows of the head for each
+    text's own tokens, less work than the full projection measured here)."""
     from keytok_jax import settings
 
     classes = [cls for _, group in settings.JOB_GROUPS for cls in group]
-    flags = {"correction": "none"}
+    flags = {"correction": "none", "doc_tokens": "aligned", "top_k": 64}
     if max_length is not None:
         flags["max_length"] = max_length
     opts = settings.resolve(classes, flags, config=config or None)

@@ -196,3 +196,45 @@ def sharded_topk_projection(pooled, lm_head, k: int, mesh, *, chunk: int = 8192,
 
     return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(axis, None)), out_specs=(rows, rows),
                          check_vma=False)(pooled.astype(jnp.float32), lm_head)
+
+
+# Documents' and queries' sparse vectors (EmbedSettings.doc_tokens): the top-k of the whole
+# vocabulary's projection (the paper's aligned tokens), or the text's own literal tokens
+# (keytok_jax.pipeline.literal) ranked and weighted by their projection.
+DOC_TOKENS = ("aligned", "literal")
+
+
+@partial(jax.jit, static_argnames=("k",))
+def literal_projection(pooled, lm_head, literal, k: int):
+    """The top-``k`` of a text's own tokens by their logit ``pooled · lm_head[id]``.
+
+    ``pooled [B, D]``, ``lm_head [V, D]``, ``literal int32 [B, L]``: each row's distinct token ids,
+    padded with -1 (any order). Returns ``(ids int32 [B, k], weights float32 [B, k])`` ordered by
+    decreasing logit, equal logits by increasing id; rows with fewer than ``k`` tokens end with
+    id -1 and weight 0. The weight of a token is ``1 + (logit - lo) / (hi - lo)`` with ``lo``,
+    ``hi`` the row's lowest and highest logit over all its literal tokens (1 when they are equal):
+    every word of the text counts, the model says by how much more (between 1 and 2). Measured on
+    SciFact (README "Sparse quality"): weight 1 alone 0.539 nDCG@10, relu(logit) 0.266, this 0.601.
+
+    Logits are float32 (``Precision.HIGHEST``) from the ``[B, L, D]`` rows of ``lm_head`` gathered
+    for the ids (``4 B L D`` bytes of scratch; the job gives ``L = max(2 seq, k)``). Under a jit
+    over a mesh, XLA partitions the gather like any other.
+    """
+    pooled = jnp.asarray(pooled).astype(jnp.float32)
+    literal = jnp.asarray(literal, jnp.int32)
+    B, L = literal.shape
+    if L < k:
+        literal = jnp.pad(literal, ((0, 0), (0, k - L)), constant_values=-1)
+    valid = literal >= 0
+    rows = jnp.take(lm_head, jnp.clip(literal, 0, lm_head.shape[0] - 1), axis=0).astype(jnp.float32)
+    logits = jnp.einsum("bd,bld->bl", pooled, rows, precision=lax.Precision.HIGHEST)
+    logits = jnp.where(logits == 0.0, 0.0, logits)   # -0.0 and +0.0 are one logit (as topk_projection)
+    lo = jnp.min(jnp.where(valid, logits, jnp.inf), axis=1, keepdims=True)
+    hi = jnp.max(jnp.where(valid, logits, -jnp.inf), axis=1, keepdims=True)
+    span = jnp.where(hi > lo, hi - lo, 1.0)
+    weights = 1.0 + jnp.where(hi > lo, (logits - lo) / span, 0.0)
+    key_ids = jnp.where(valid, literal, _SENTINEL_ID)
+    _, ids, w = lax.sort((jnp.where(valid, -logits, jnp.inf), key_ids, weights), dimension=1, num_keys=2)
+    ids, w = ids[:, :k], w[:, :k]
+    kept = ids != _SENTINEL_ID
+    return jnp.where(kept, ids, -1), jnp.where(kept, w, 0.0)

@@ -36,6 +36,8 @@ class TokenizedDoc:
     ids: np.ndarray      # int32 [n]
     pool_start: int      # tokens before this index are kept out of pooling
     flags: int           # FLAG_TRUNCATED / FLAG_EMPTY (reader flags are OR-ed in by the job)
+    literal: np.ndarray | None = None   # int32 distinct literal token ids of the text the model
+                                        # saw (doc_tokens="literal"), else None
 
 
 @dataclass

@@ -4,6 +4,7 @@ correction for documents and queries; a planted common direction removed; batch,
 bucket independence kept."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def test_correction_needs_a_fit_and_keeps_batch_and_bucket_independence(tiny_fol
     ids = np.zeros((3, 64), np.int32)
     mask = np.zeros_like(ids)
     ids[1, : len(doc.ids)], mask[1, : len(doc.ids)] = doc.ids, 1
-    _, _, tok, _ = emb.executable(3, 64)(emb.model.params, ids, mask, mask, emb.step.correction)
+    _, _, tok, _ = emb.executable(3, 64)(emb.model.params, (ids, mask, mask), emb.step.correction)
     np.testing.assert_array_equal(np.asarray(tok)[1], together.token_ids[0])
     # the dense vector is the model's own: the same without a correction
     plain = Embedder(emb.model, EmbedSettings(top_k=8, max_length=64))
@@ -179,7 +180,8 @@ def test_fit_recorded_reused_and_a_different_fit_refused(embed, tmp_path, capsys
 def test_queries_get_the_documents_correction(embed, tmp_path):
     corpus = write_corpus(tmp_path / "c.jsonl", 24, seed=3)
     out = tmp_path / "s"
-    rc, err, _ = embed(corpus, out, "--correction", "pc1", "--fit-docs", "24", "--dense")
+    rc, err, _ = embed(corpus, out, "--correction", "pc1", "--fit-docs", "24", "--dense",
+                       "--doc-tokens", "aligned")
     assert rc == 0, err
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     searcher = Searcher(out)
@@ -191,6 +193,20 @@ def test_queries_get_the_documents_correction(embed, tmp_path):
     keep = weights != 0
     np.testing.assert_allclose(got[ids[keep]], weights[keep], rtol=1e-5, atol=1e-6)
     assert np.count_nonzero(got) == keep.sum()
+    # literal document tokens: the query embedder (aligned) carries the same fit, and the same
+    # text through the store's own settings gives the stored vector
+    lit = tmp_path / "lit"
+    rc, err, _ = embed(corpus, lit, "--correction", "pc1", "--fit-docs", "24")
+    assert rc == 0, err
+    q = Searcher(lit).embedder
+    assert q.settings.doc_tokens == "aligned"
+    assert q.correction_fit.fingerprint() == store_lib.open(lit).settings["correction_fit"]
+    doc = Embedder(q.model, dataclasses.replace(q.settings, doc_tokens="literal"),
+                   correction_fit=q.correction_fit).encode(texts[5:6], output_value=None)
+    ls = store_lib.open(lit)
+    np.testing.assert_array_equal(doc.token_ids[0], np.asarray(ls.token_ids[5].read().result()))
+    np.testing.assert_allclose(doc.token_weights[0], np.asarray(ls.token_weights[5].read().result()),
+                               rtol=1e-5, atol=1e-6)
     # the store's fit is checked against its recorded fingerprint
     fit = CorrectionFit.load(out / "correction_fit.json")
     CorrectionFit(fit.mean * 2, fit.pc1, fit.pc1_centered, fit.docs, fit.sample).save(

@@ -62,7 +62,7 @@ def test_text_outputs_do_not_depend_on_batch_or_bucket(smollm2):
     seq, rows = 128, 3
     ids = np.zeros((rows, seq), np.int32); mask = np.zeros_like(ids)
     ids[1, : len(doc.ids)], mask[1, : len(doc.ids)] = doc.ids, 1
-    dense, _, tok, _ = emb.executable(rows, seq)(smollm2.params, ids, mask, mask, emb.step.correction)
+    dense, _, tok, _ = emb.executable(rows, seq)(smollm2.params, (ids, mask, mask), emb.step.correction)
     assert_same_vectors(np.asarray(dense)[1], alone.dense[0])
     np.testing.assert_array_equal(np.asarray(tok)[1], alone.token_ids[0])
 

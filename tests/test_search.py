@@ -377,7 +377,7 @@ def test_union_is_the_papers_query_form(tiny_partial):
     hits = s.search(queries[:1], "union", 5)[0]
     docs = s.sparse.postings.T.tocsr()
     for row, score in zip(hits.rows.tolist(), (sc for _, sc in hits.hits)):
-        assert score == pytest.approx(float(docs[[row]] @ union[[0]].T.toarray()), rel=1e-5)
+        assert score == pytest.approx((docs[[row]] @ union[[0]].T.toarray()).item(), rel=1e-5)
 
 
 def test_bm25_modes_rank_the_stores_documents(tiny_partial):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -35,8 +36,9 @@ from ..records import FLAG_EMPTY, Batch, EmbedOutput, TokenizedDoc
 from ..settings import EmbedSettings
 from .correction import CorrectionFit, Moments, Shift, correction_vectors, model_hash
 from .lockstep import feed_for
-from .plan import Shapes, pad_batch, seq_buckets
+from .plan import Shapes, literal_width, pad_batch, pad_literal, seq_buckets
 from .step import RunStats, Step
+from .literal import LiteralTokens
 from .tokenize import DocTokenizer
 
 __all__ = ["Embedder", "EmbedError", "model_identity", "position_limit", "check_outputs",
@@ -300,7 +302,7 @@ class Embedder:
 
     def executable(self, rows: int, seq: int):
         """The compiled step for ``[rows, seq]`` batches (for measurements)."""
-        return self.step.executable(rows, seq, self.stats)
+        return self.step.executable(rows, seq, self.stats, literal_width([], seq, self.settings.top_k))
 
     # ------------------------------------------------------------------ host loop
     def embed_tokenized(self, docs: Sequence[TokenizedDoc], in_flight: int = 2,
@@ -317,6 +319,9 @@ class Embedder:
             raise SettingsError(f"correction {self.settings.correction!r} needs a fit of corpus "
                                 "statistics: Embedder.fit_correction(texts), or "
                                 "correction_fit=CorrectionFit.load(path)")
+        if self.settings.doc_tokens == "literal" and any(d.literal is None for d in docs):
+            raise SettingsError("doc_tokens='literal' needs each text's literal tokens: tokenize "
+                                "with Embedder.tokenize (TokenizedDoc.literal)")
         out = self._blank_output(docs)
         if keep_pooled:
             out.pooled = np.zeros((len(docs), self.model.config.output_dim), np.float32)
@@ -345,7 +350,11 @@ class Embedder:
     def _dispatch(self, docs: Sequence[TokenizedDoc], batch: Batch) -> _InFlight:
         rows = self.shapes.rows_at(batch.seq, batch.variant)
         host_rows = self.feed.host_rows(rows)
-        arrays = pad_batch([docs[r] for r in batch.rows], host_rows, batch.seq)
+        batch_docs = [docs[r] for r in batch.rows]
+        arrays = pad_batch(batch_docs, host_rows, batch.seq)
+        if self.settings.doc_tokens == "literal":
+            width = self.feed.agree_width(literal_width(batch_docs, batch.seq, self.settings.top_k))
+            arrays += (pad_literal(batch_docs, host_rows, width),)
         result = self.step(rows, batch.seq, arrays, self.stats)
         self.stats.batches += 1
         self.stats.padded_tokens += host_rows * batch.seq
@@ -414,12 +423,18 @@ class Embedder:
         """A DocTokenizer of ``template``. A sentence-transformers folder's prompt (the template's
         instruction) is tokenized with each text as one string and kept out of pooling as
         sentence-transformers counts it (:func:`st_prompt_length`)."""
+        literal = self.literal_tokens if self.settings.doc_tokens == "literal" else None
         if self.st_modules is None:
-            return DocTokenizer(self.model.tokenizer, template, self.settings.max_length)
+            return DocTokenizer(self.model.tokenizer, template, self.settings.max_length, literal=literal)
         prompt = template.instruction or ""
         start = 0 if template.pool_instruction else st_prompt_length(self.model.tokenizer, prompt)
         return DocTokenizer(self.model.tokenizer, dataclasses.replace(template, instruction=None),
-                            self.settings.max_length, start, joint_prompt=prompt)
+                            self.settings.max_length, start, joint_prompt=prompt, literal=literal)
+
+    @cached_property
+    def literal_tokens(self) -> LiteralTokens:
+        """Texts → their literal token ids (documents' and token queries' one rule)."""
+        return LiteralTokens(self.model.tokenizer, self.model.config.vocab_size)
 
     def _encode_window(self, texts: list[str], start: int, window: int,
                        tokenizer: DocTokenizer | None = None) -> EmbedOutput:

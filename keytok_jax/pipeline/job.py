@@ -93,7 +93,7 @@ def take_lock(output, process: int, processes: int) -> store.StoreLock | None:
 
 # Settings added after stores of format 1 were first written: recorded only when they differ from
 # their defaults, so those stores keep resuming (absent means the default).
-LATER_SETTINGS = ("prompt_name", "model_declares", "correction")
+LATER_SETTINGS = ("prompt_name", "model_declares", "correction", "doc_tokens")
 
 
 def recorded_settings(settings: EmbedSettings) -> dict:

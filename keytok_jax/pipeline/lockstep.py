@@ -52,6 +52,11 @@ class LockstepFeed(Feed):
             out += [Batch(own[i] if i < len(own) else [], seq, v) for i in range(int(agreed[b, v]))]
         return out
 
+    def agree_width(self, width: int) -> int:
+        """The widest of the processes' literal-token widths for this batch (a collective: every
+        process runs the same batches in the same order)."""
+        return int(np.asarray(multihost_utils.process_allgather(np.int32(width))).max())
+
     def put(self, host: np.ndarray):
         """This process's rows become its part of the global batch."""
         return multihost_utils.host_local_array_to_global_array(host, self.mesh, self.rows.spec)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..records import Batch, TokenizedDoc
 
-__all__ = ["seq_buckets", "Shapes", "pad_batch"]
+__all__ = ["seq_buckets", "Shapes", "pad_batch", "literal_width", "pad_literal"]
 
 
 def seq_buckets(max_length: int) -> list[int]:
@@ -104,3 +104,21 @@ def pad_batch(docs: Sequence[TokenizedDoc], rows: int, seq: int) -> tuple[np.nda
         mask[j, : len(d.ids)] = 1
         pool_mask[j, d.pool_start: len(d.ids)] = 1
     return ids, mask, pool_mask
+
+
+def literal_width(docs: Sequence[TokenizedDoc], seq: int, k: int) -> int:
+    """Columns of a batch's literal-token array: ``max(2 seq, k)``, which holds a text's literal
+    tokens (about one per token of the text, a word's two forms at most doubling it) and the
+    top-k; a batch holding a text with more gets the next multiple of ``seq`` that fits it (one
+    more compiled shape, rather than a token dropped)."""
+    width = max(2 * seq, k)
+    most = max((len(d.literal) for d in docs if d.literal is not None), default=0)
+    return width if most <= width else -(-most // seq) * seq
+
+
+def pad_literal(docs: Sequence[TokenizedDoc], rows: int, width: int) -> np.ndarray:
+    """int32 ``[rows, width]``: each text's literal token ids, padded with -1."""
+    out = np.full((rows, width), -1, np.int32)
+    for j, d in enumerate(docs):
+        out[j, : len(d.literal)] = d.literal
+    return out

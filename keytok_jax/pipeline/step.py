@@ -23,7 +23,7 @@ from ..loading.convert import abstract_variables
 from ..model import KeytokModel
 from ..loading.st_folder import SentenceTransformerModules
 from ..pooling import dense_layer, l2_normalize, pool
-from ..projection import correct, sharded_topk_projection, topk_projection
+from ..projection import correct, literal_projection, sharded_topk_projection, topk_projection
 from ..records import Batch
 from ..settings import EmbedSettings
 
@@ -64,6 +64,10 @@ class Feed:
         """The batches this process steps through, in order."""
         return batches
 
+    def agree_width(self, width: int) -> int:
+        """The literal-token width of a batch, as every process feeding it must use."""
+        return width
+
     def put(self, host: np.ndarray):
         if self.mesh is None:
             return host
@@ -102,9 +106,10 @@ def _post(modules: SentenceTransformerModules | None):
 
 def _device_step(model: KeytokModel, settings: EmbedSettings, chunk: int, mesh,
                  modules: SentenceTransformerModules | None = None, attention_impl: str = "xla"):
-    """The step function: ``(params, ids, mask, pool_mask, correction) → (dense, pooled, token ids,
-    token weights)``; a sentence-transformers folder's step takes its Dense layers' arrays
-    (:func:`module_params`) as a sixth argument."""
+    """The step function: ``(params, batch, correction) → (dense, pooled, token ids, token
+    weights)``, ``batch = (ids, mask, pool_mask)``, with the texts' literal tokens as a fourth
+    array when ``doc_tokens="literal"``; a sentence-transformers folder's step takes its Dense
+    layers' arrays (:func:`module_params`) as a fourth argument."""
     module = model.module(settings.attention, impl=attention_impl)
     s = settings
     head = "embed" if model.config.tie_word_embeddings else "lm_head"
@@ -113,16 +118,20 @@ def _device_step(model: KeytokModel, settings: EmbedSettings, chunk: int, mesh,
     # sentence-transformers ranks weightedmean positions over every real token (prompt included)
     rank_by_mask = modules is not None and method == "weighted_mean"
 
-    def step(params, ids, mask, pool_mask, correction, dense_params=()):
+    def sparse(corrected, lm_head, literal):
+        if s.doc_tokens == "literal":
+            return literal_projection(corrected, lm_head, literal, s.top_k)
+        if mesh is None:
+            return topk_projection(corrected, lm_head, s.top_k, chunk=chunk, weighting=s.weighting)
+        return sharded_topk_projection(corrected, lm_head, s.top_k, mesh, chunk=chunk,
+                                       weighting=s.weighting)
+
+    def step(params, batch, correction, dense_params=()):
+        ids, mask, pool_mask, *literal = batch
         hidden = module.apply({"params": params}, ids, mask)
         pooled = pool(hidden, pool_mask, method, mask if rank_by_mask else None)
-        corrected = correct(pooled, correction)
-        if mesh is None:
-            tok_ids, tok_w = topk_projection(corrected, params[head]["embedding"], s.top_k,
-                                             chunk=chunk, weighting=s.weighting)
-        else:
-            tok_ids, tok_w = sharded_topk_projection(corrected, params[head]["embedding"],
-                                                     s.top_k, mesh, chunk=chunk, weighting=s.weighting)
+        tok_ids, tok_w = sparse(correct(pooled, correction), params[head]["embedding"],
+                                literal[0] if literal else None)
         dense = post(pooled, dense_params)
         dense = dense[:, : s.matryoshka_dim] if s.matryoshka_dim else dense
         if s.normalize:
@@ -130,8 +139,7 @@ def _device_step(model: KeytokModel, settings: EmbedSettings, chunk: int, mesh,
         return dense, pooled.astype(jnp.float32), tok_ids, tok_w
 
     if modules is None:
-        return lambda params, ids, mask, pool_mask, correction: step(params, ids, mask, pool_mask,
-                                                                     correction)
+        return lambda params, batch, correction: step(params, batch, correction)
     return step
 
 
@@ -183,20 +191,28 @@ class Step:
         rows = self.feed.rows
         # pjit semantics: parameters per the rules, batches split over data, outputs too.
         replicated = sharding.replicated(self.mesh)
-        return jax.jit(fn, in_shardings=(self.param_shardings, rows, rows, rows, replicated)
+        return jax.jit(fn, in_shardings=(self.param_shardings, (rows,) * self.batch_arrays, replicated)
                        + (replicated,) * len(self.extra),
                        out_shardings=(rows, rows, rows, rows))
 
-    def executable(self, rows: int, seq: int, stats: RunStats | None = None):
-        """The compiled program for ``[rows, seq]`` batches (compiled on first use, counted in
-        ``stats``)."""
-        key = (rows, seq)
+    @property
+    def batch_arrays(self) -> int:
+        """Host arrays per batch: ids, mask, pool_mask, and the literal tokens if used."""
+        return 4 if self.settings.doc_tokens == "literal" else 3
+
+    def executable(self, rows: int, seq: int, stats: RunStats | None = None, literal_width: int = 0):
+        """The compiled program for ``[rows, seq]`` batches (and ``[rows, literal_width]``
+        literal tokens, with ``doc_tokens="literal"``), compiled on first use, counted in
+        ``stats``."""
+        key = (rows, seq) if self.batch_arrays == 3 else (rows, seq, literal_width)
         if key not in self._compiled:
             if self._jitted is None:
                 self._jitted = self._jit()
             t0 = time.perf_counter()
             spec = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
-            self._compiled[key] = self._jitted.lower(self.params, spec, spec, spec, self.correction,
+            batch = (spec,) * 3 + ((jax.ShapeDtypeStruct((rows, literal_width), jnp.int32),)
+                                   if self.batch_arrays == 4 else ())
+            self._compiled[key] = self._jitted.lower(self.params, batch, self.correction,
                                                      *self.extra).compile()
             if stats is not None:
                 stats.compile_seconds += time.perf_counter() - t0
@@ -205,8 +221,9 @@ class Step:
         return self._compiled[key]
 
     def __call__(self, rows: int, seq: int, host_arrays, stats: RunStats | None = None):
-        """Dispatch one batch (``ids, mask, pool_mask`` of this process's rows); returns the
-        device outputs without waiting for them."""
-        exe = self.executable(rows, seq, stats)
-        return exe(self.params, *(self.feed.put(a) for a in host_arrays), self.correction,
+        """Dispatch one batch (``ids, mask, pool_mask[, literal]`` of this process's rows);
+        returns the device outputs without waiting for them."""
+        width = host_arrays[3].shape[1] if len(host_arrays) == 4 else 0
+        exe = self.executable(rows, seq, stats, width)
+        return exe(self.params, tuple(self.feed.put(a) for a in host_arrays), self.correction,
                    *self.extra)

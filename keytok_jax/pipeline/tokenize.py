@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import SettingsError
 from ..records import FLAG_EMPTY, FLAG_TRUNCATED, TokenizedDoc
 from ..settings import Template
+from .literal import LiteralTokens
 
 __all__ = ["DocTokenizer", "longest_entry"]
 
@@ -47,12 +48,14 @@ class DocTokenizer:
     """Turns texts into :class:`TokenizedDoc` for a template and a maximum length."""
 
     def __init__(self, tokenizer, template: Template, max_length: int, pool_start: int | None = None,
-                 joint_prompt: str = ""):
+                 joint_prompt: str = "", literal: LiteralTokens | None = None):
         """``pool_start`` overrides the template's pooling start (tokens kept out of pooling);
         ``joint_prompt`` is prepended to every text and tokenized with it as one string, as
         sentence-transformers tokenizes ``prompt + text`` (no piece boundary; truncation may cut
-        into it as it does there)."""
+        into it as it does there); ``literal``: also give each text's literal tokens
+        (:attr:`TokenizedDoc.literal`), those of the part the model sees."""
         self.tokenizer, self.template, self.max_length = tokenizer, template, max_length
+        self.literal = literal
         enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []  # noqa: E731
         i_pre, p_pre, p_post, i_post = template.pieces()
         # Move trailing spaces onto the next piece: "Query: " + "hi" must give "Query:" + " hi".
@@ -99,7 +102,20 @@ class DocTokenizer:
                 flags |= FLAG_EMPTY
             out.append(TokenizedDoc(np.concatenate([prefix, np.asarray(ids, np.int32), suffix]),
                                     self.pool_start, flags))
+        if self.literal is not None:
+            seen = [self.seen_text(t, d) for t, d in zip(texts, out)]
+            for d, lit in zip(out, self.literal(seen)):
+                d.literal = lit
         return out
+
+    def seen_text(self, text: str, doc: TokenizedDoc) -> str:
+        """The part of ``text`` the model sees: all of it, or for a truncated text its kept
+        tokens decoded (never the whole of a long text)."""
+        if not doc.flags & FLAG_TRUNCATED:
+            return text
+        kept = doc.ids[len(self.prefix): len(doc.ids) - len(self.suffix)]
+        seen = self.tokenizer.decode(kept.tolist())
+        return seen[len(self.text_lead):] if seen.startswith(self.text_lead) else seen
 
     def text_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's first ``text_budget + 1`` token ids (one over the budget tells truncation

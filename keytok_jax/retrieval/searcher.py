@@ -5,7 +5,8 @@
             word alone, as after a prompt's opening quote), tokens without a letter or digit left
             out, each weighted by the IDF of the document index (``query_weights="binary"``: 1).
             No model.
-``encode``  the query through the store's model and settings → its top-k aligned tokens.
+``encode``  the query through the store's model and settings → its top-k aligned tokens (also
+            for a store of literal document tokens: a query's own words are ``tokens``).
 ``expand``  ``tokens`` plus the query's top-M aligned tokens, the aligned weights rescaled so their
             largest equals the largest token weight.
 ``union``   the paper's query form: the query's own tokens (as ``tokens``) ∪ its top-M aligned
@@ -24,7 +25,6 @@ confident scores that mean nothing).
 """
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +39,7 @@ from ..loading import load_model, load_tokenizer
 from ..loading.st_folder import read_st_folder
 from ..pipeline import CorrectionFit, Embedder, EmbedSettings, Shift, model_identity
 from ..pipeline.fitting import FIT_ATTACHMENT
+from ..pipeline.literal import LiteralTokens
 from ..settings.search import MODES, QUERY_PROMPT, QuerySettings, SearchSettings
 from .bm25 import BM25Index
 from .dense import DenseIndex
@@ -47,7 +48,6 @@ from .sparse import SparseIndex, open_store
 
 __all__ = ["MODES", "QueryResult", "Searcher", "embedder_for_store"]
 
-_WORD = re.compile(r"\w[\w-]*")
 _Q = QuerySettings()
 _S = SearchSettings()
 
@@ -66,6 +66,10 @@ def embedder_for_store(store, *, model=None, shift=None, instruction: str | None
     store = open_store(store)
     s = store.settings
     fields = {f: s[f] for f in EmbedSettings.__dataclass_fields__ if f in s}
+    # Queries through the model get their aligned tokens whatever the documents hold: against
+    # literal documents the query's own words are the `tokens` mode, and what the model adds
+    # beyond them (encode, expand, union) is the aligned tokens.
+    fields["doc_tokens"] = "aligned"
     if instruction is not None:
         fields["instruction"] = instruction
     if isinstance(shift, (str, Path)):
@@ -173,28 +177,13 @@ class Searcher:
         return self._bm25
 
     @cached_property
-    def _word_tokens(self) -> np.ndarray:
-        # Punctuation and whitespace tokens sit high in many documents' projections (the prompt
-        # ends in a quote) and carry no topic: token queries leave them out.
-        strings = self.tokenizer.convert_ids_to_tokens(list(range(self.sparse.vocab_size)))
-        decoded = [self.tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in strings]
-        return np.array([any(ch.isalnum() for ch in d) for d in decoded])
+    def _literal(self) -> LiteralTokens:
+        return LiteralTokens(self.tokenizer, self.sparse.vocab_size)
 
-    # -- query vectors
     def literal_tokens(self, queries: Sequence[str]) -> list[list[int]]:
-        """Each query's distinct word token ids, both forms of each word (see the module doc)."""
-        enc = self.tokenizer([" " + q.strip() for q in queries], add_special_tokens=False)["input_ids"]
-        words = [_WORD.findall(q) for q in queries]
-        flat = [w for ws in words for w in ws]
-        bare = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
-        word = self._word_tokens
-        ids = []
-        for row, ws in zip(enc, words):
-            toks = set(row)
-            for _ in ws:
-                toks.update(next(bare))
-            ids.append(sorted(t for t in toks if word[t]))
-        return ids
+        """Each query's distinct word token ids, both forms of each word
+        (:mod:`keytok_jax.pipeline.literal`, the rule of ``doc_tokens="literal"`` documents)."""
+        return [ids.tolist() for ids in self._literal(queries)]
 
     def token_vectors(self, queries: Sequence[str]) -> sp.csr_array:
         """``tokens`` mode: each query's distinct token ids, weight IDF or 1 (see the module doc)."""

@@ -30,7 +30,8 @@ ANALYSIS_PRESET = {"pooling": "weighted_mean", "prompt": "none"}
 EMBED_FLAGS = ("pooling", "prompt", "instruction", "instruction_format", "attention", "max_length")
 # Embed-preset keys that do not change the pooled vector (the sparse side, the dense vector's
 # post-processing) or that a flag of the analysis sets instead (dtype: --dtype).
-IGNORED_PRESET_KEYS = ("top_k", "weighting", "normalize", "matryoshka_dim", "dtype", "correction")
+IGNORED_PRESET_KEYS = ("top_k", "weighting", "normalize", "matryoshka_dim", "dtype", "correction",
+                       "doc_tokens")
 _EMBED_JOB_KEYS = {**defaults(*(c for _, classes in JOB_GROUPS for c in classes)), **JOB_PRESET}
 _EMBED_FIELDS = {f.name for f in dataclasses.fields(EmbedSettings)}
 
@@ -55,12 +56,14 @@ def sts_embedding(flags: Mapping[str, Any], config=None) -> tuple[str, dict]:
     """``(model, settings)`` of ``python -m keytok_jax.sts``: the embed job's preset (PromptEOL
     last token), then the ``config`` embed preset (or a fine-tuned model's ``keytok.yaml``), then
     ``flags`` (those not None). ``settings`` holds the :class:`EmbedSettings` keys set somewhere,
-    less the sparse side's correction (STS scores dense vectors, which it does not change)."""
+    less the sparse side's correction and tokens (STS scores dense vectors, which they do not
+    change)."""
     opts = dict(JOB_PRESET)
     if config:
         opts.update(read_preset(config, _EMBED_JOB_KEYS))
     opts.update({k: v for k, v in flags.items() if v is not None})
-    return opts["model"], {k: v for k, v in opts.items() if k in _EMBED_FIELDS and k != "correction"}
+    return opts["model"], {k: v for k, v in opts.items() if k in _EMBED_FIELDS
+                          and k not in ("correction", "doc_tokens")}
 
 
 # Corpus fields read as the embed job reads them.

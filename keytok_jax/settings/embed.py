@@ -10,7 +10,7 @@ from ..loading import DEFAULT_MODEL
 from ..model import ATTENTION_MODES
 from ..models.layers import ATTENTION_IMPLS
 from ..pooling import POOLING_METHODS
-from ..projection import CORRECTIONS, WEIGHTINGS
+from ..projection import CORRECTIONS, DOC_TOKENS, WEIGHTINGS
 from .core import build, setting
 
 __all__ = ["PROMPTS", "INSTRUCTION_FORMATS", "Template", "EmbedSettings", "ModelSettings",
@@ -81,8 +81,14 @@ class EmbedSettings:
     attention: str = setting("causal", "attention mask", choices=ATTENTION_MODES)
     max_length: int = setting(512, "max tokens per text incl. template; longer texts are truncated "
                               "and flagged")
-    top_k: int = setting(64, "aligned tokens kept per text")
-    weighting: str = setting("relu", "token weight: raw logit, max(logit,0), or "
+    doc_tokens: str = setting(
+        "aligned", "the tokens of a text's sparse vector: aligned: the top-k of the whole "
+        "vocabulary's LM-head projection (the paper's aligned tokens); literal: the text's own word "
+        "tokens (both forms of each word, as token queries use them), the top-k by their "
+        "projection, weighted 1 + the projection min-max scaled over the text's tokens",
+        choices=DOC_TOKENS)
+    top_k: int = setting(64, "tokens kept per text")
+    weighting: str = setting("relu", "token weight of aligned tokens: raw logit, max(logit,0), or "
                              "log(1+max(logit,0))", choices=WEIGHTINGS)
     correction: str = setting(
         "none", "correction of the pooled vector before the LM-head top-k, from corpus statistics "
@@ -114,6 +120,11 @@ class EmbedSettings:
             raise SettingsError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.correction not in CORRECTIONS:
             raise SettingsError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
+        if self.doc_tokens not in DOC_TOKENS:
+            raise SettingsError(f"doc_tokens must be one of {DOC_TOKENS}, got {self.doc_tokens!r}")
+        if self.doc_tokens == "literal" and self.weighting != "relu":
+            raise SettingsError(f"weighting={self.weighting!r} applies to doc_tokens='aligned'; "
+                                "literal tokens have their own weight (see --doc-tokens)")
         if self.model_declares not in ("follow", "ignore"):
             raise SettingsError(f"model_declares must be 'follow' or 'ignore', got {self.model_declares!r}")
         if self.max_length < 1 or self.top_k < 1:
@@ -255,9 +266,11 @@ class JobSettings:
 # The corpus job's built-in preset (configs/smollm2.yaml holds the same, checked by a test):
 # SmolLM2 with PromptEOL and last-token pooling, whose last position's next-token logits are the
 # text's one-word summary, so its top LM-head tokens are key words without training; the first
-# principal direction of the corpus removed before the top-k (the paper's common component:
-# README "Sparse quality" has the measurements that chose it).
-JOB_PRESET = {"model": DEFAULT_MODEL, "pooling": "last", "prompt": "prompteol", "correction": "pc1"}
+# principal direction of the corpus removed before the projection (the paper's common component),
+# and each document's own words ranked and weighted by it, up to 256 (README "Sparse quality" has
+# the measurements that chose each).
+JOB_PRESET = {"model": DEFAULT_MODEL, "pooling": "last", "prompt": "prompteol", "correction": "pc1",
+              "doc_tokens": "literal", "top_k": 256}
 
 # The corpus job's flag groups, in --help order: (title, settings classes).
 # JobSettings field → its settings class.
