@@ -1,8 +1,8 @@
 """The corpus job (``python -m keytok_jax.embed``): a corpus file in, a resumable store out.
 
     fit the correction's statistics (or reuse the store's) → open the store (or resume it) →
-    read the corpus as shards → tokenize each shard in a thread,
-    one shard ahead of the device → embed it → write it in a thread → finalize → summary
+    read the corpus as shards → tokenize each shard in the background (a thread, or worker
+    processes), one shard ahead of the device → embed it → write it in a thread → finalize → summary
 
 Each shard is ``shard_size`` consecutive input rows, length-sorted inside the embedder into fixed
 padded shapes, and recorded atomically by the store with a fingerprint of its input rows, so
@@ -30,7 +30,7 @@ from .. import sharding, store
 from ..distributed import barrier, init_distributed
 from ..errors import CorpusError
 from ..loading import load_model
-from ..records import FLAG_REPLACED, Corpus, Doc, EmbedOutput, ReadStats, TokenizedDoc
+from ..records import FLAG_REPLACED, Corpus, Doc, EmbedOutput, ReadStats
 from ..settings import (DeviceSettings, EmbedSettings, InputSettings, JobSettings, OutputSettings,
                         defaults)
 from .correction import CorrectionFit, Shift
@@ -40,6 +40,7 @@ from .lockstep import shard_schedule
 from .preflight import STDIN, check_job
 from .read import count_docs, read_corpus
 from .schedule import Reuse, ShardSchedule, Shards, ShardTask
+from .tokenize_pool import TokenizePool, default_workers
 
 __all__ = ["run", "Corpus", "Progress", "ShardWrites", "Tally", "open_store", "open_corpus",
            "embed_shards", "take_lock", "input_source"]
@@ -213,14 +214,6 @@ class Tally:
     recomputed: int = 0  # recorded shards redone (input changed or files damaged, --recompute)
 
 
-def tokenize_shard(embedder: Embedder, docs: list[Doc]) -> list[TokenizedDoc]:
-    """The shard's texts tokenized, with the reader's flags (replaced, empty) kept."""
-    tokenized = embedder.tokenize([d.text for d in docs])
-    for t, d in zip(tokenized, docs):
-        t.flags |= d.flags
-    return tokenized
-
-
 def embed_shard(embedder: Embedder, task: ShardTask, tokenized: Future, writes: ShardWrites,
                 progress: Progress) -> int:
     """Embed one shard (a filler embeds nothing, in step with the others) and queue its write;
@@ -236,11 +229,11 @@ def embed_shard(embedder: Embedder, task: ShardTask, tokenized: Future, writes: 
 
 
 def embed_shards(embedder: Embedder, tasks: Iterable[ShardTask], writes: ShardWrites,
-                 progress: Progress) -> Tally:
+                 progress: Progress, workers: int = 0) -> Tally:
     """Run the tasks: finished shards are counted, the others tokenized one shard ahead of the
-    device, embedded and written."""
+    device (in ``workers`` processes, or a thread: :mod:`.tokenize_pool`), embedded and written."""
     tally = Tally()
-    tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+    pool = TokenizePool(embedder.doc_tokenizer, workers)
     try:
         pending = None  # (task, future of its tokenized docs)
         for task in tasks:
@@ -248,7 +241,7 @@ def embed_shards(embedder: Embedder, tasks: Iterable[ShardTask], writes: ShardWr
                 tally.reused += 1
                 progress.skip(len(task.docs))
                 continue
-            future = tokenize_pool.submit(tokenize_shard, embedder, task.docs)
+            future = pool.submit(task.docs)
             if pending is not None:
                 tally.embedded_docs += embed_shard(embedder, *pending, writes, progress)
             pending = (task, future)
@@ -256,7 +249,7 @@ def embed_shards(embedder: Embedder, tasks: Iterable[ShardTask], writes: ShardWr
             tally.embedded_docs += embed_shard(embedder, *pending, writes, progress)
         writes.wait()
     finally:
-        tokenize_pool.shutdown(wait=True, cancel_futures=True)
+        pool.close()
         writes.close()
         progress.close()
     return tally
@@ -374,7 +367,9 @@ def embed_corpus(embedder: Embedder, writer: store.StoreWriter, schedule: ShardS
     reuse = Reuse(writer, schedule, bool(job.output.recompute))
     progress = Progress(schedule.owned_rows(corpus.total, writer.shard_size),
                         not job.speed.no_progress, process, processes)
+    workers = job.speed.tokenize_workers
     tally = embed_shards(embedder, schedule.tasks(reuse.check(shards), reuse),
-                         ShardWrites(writer, schedule.writes, bool(job.output.dense)), progress)
+                         ShardWrites(writer, schedule.writes, bool(job.output.dense)), progress,
+                         default_workers() if workers is None else workers)
     tally.recomputed = reuse.recomputed
     return tally

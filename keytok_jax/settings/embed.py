@@ -212,7 +212,14 @@ class SpeedSettings:
                                   "attention on GPU, with --dtype bfloat16); the same vectors up to "
                                   "float rounding (tests/test_attention_impl.py)",
                                   choices=ATTENTION_IMPLS)
+    tokenize_workers: int | None = setting(
+        None, "processes tokenizing ahead of the device (0: one thread of this process); "
+        "default: a quarter of the cores, at most 8 (0 on 2 cores, where the device is the CPU)")
     no_progress: bool = setting(False, "no progress bar")
+
+    def __post_init__(self):
+        if self.tokenize_workers is not None and self.tokenize_workers < 0:
+            raise SettingsError(f"tokenize_workers must be 0 or more, got {self.tokenize_workers}")
 
 
 @dataclass(frozen=True)
