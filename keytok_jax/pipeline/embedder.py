@@ -144,7 +144,8 @@ def _check(model: KeytokModel, settings: EmbedSettings, dim: int) -> None:
         field = _POSITION_FIELDS.get(model.config.family, "max_position_embeddings")
         raise SettingsError(f"--max-length {settings.max_length} exceeds the model's {limit} "
                             f"positions ({field}); use --max-length {limit} or less")
-    if settings.top_k > model.config.vocab_size:
+    if settings.doc_tokens == "aligned" and settings.top_k > model.config.vocab_size:
+        # (literal tokens are a text's own: fewer than k leave -1 slots, as a short text does)
         raise SettingsError(f"top_k={settings.top_k} exceeds the vocabulary ({model.config.vocab_size})")
     md = settings.matryoshka_dim
     if md is not None and not 1 <= md <= dim:

@@ -85,6 +85,7 @@ def embedder_for_store(store, *, model=None, shift=None, instruction: str | None
     if ident is not None and model_identity(model) != ident:
         raise ValueError(f"{store.path} was embedded with {ident}, the loaded model is "
                          f"{model_identity(model)}")
+    fields["top_k"] = min(fields.get("top_k", EmbedSettings.top_k), model.config.vocab_size)
     modules = read_st_folder(model.source) if fields.get("model_declares", "follow") == "follow" else None
     fit = store_fit(store)
     if modules is not None:
