@@ -54,9 +54,10 @@ from keytok_jax.settings import JOB_PRESET, EmbedSettings, FitSettings, defaults
 # The before job: what the corpus job wrote before the correction and literal document tokens.
 BEFORE = ["--correction", "none", "--doc-tokens", "aligned", "--top-k", "64"]
 EMBED_FIELDS = {f.name for f in dataclasses.fields(EmbedSettings)}
+BINARY = "binary"   # the control's weighting (derived stores only; token queries need no embedder)
 MODES = ("bm25", "tokens", "encode", "expand", "union", "dense", "hybrid", "bm25-hybrid")
 SWEEP_MODES = ("tokens", "union")
-FUSIONS = [f"{w}:weighted:{a}" for w in ("dense", "union", "expand") for a in (0.5, 0.7, 0.8, 0.9)] + [
+FUSIONS = [f"{w}:weighted:{a}" for w in ("dense", "tokens", "union", "expand") for a in (0.5, 0.7, 0.8, 0.9)] + [
     "dense:rrf:0.5", "union:rrf:0.5"]
 
 
@@ -113,7 +114,10 @@ def derive(src: Path, dst: Path, head: np.ndarray, fit: CorrectionFit, correctio
             return topk_projection(x, head, top_k, chunk=chunk, weighting=weighting)
         docs = literal[start: start + len(x)]
         width = max(max((len(d) for d in docs), default=0), top_k)
-        return literal_projection(x, head, pad_literal_ids(docs, width), top_k)
+        ids, w = literal_projection(x, head, pad_literal_ids(docs, width), top_k)
+        if weighting == BINARY:   # the control: the same tokens, every weight 1
+            w = (np.asarray(ids) >= 0).astype(np.float32)
+        return ids, w
 
     for i, rec in enumerate(s.shard_records()):
         start, n = rec["row_start"], rec["num_rows"]
@@ -242,6 +246,8 @@ def main(argv=None) -> int:
               "top_k": {f"{t} {k}": score(derived(default, k=k, doc_tokens=t))
                         for t in DOC_TOKENS for k in args.top_ks},
               "fit_docs": {}, "union_m": {}, "bm25_fusion": {}}
+    # control: literal tokens without the model's weights (which tokens are kept still uses it)
+    sweeps["control"] = {"literal, every weight 1": score(derived(default, weighting=BINARY), ("tokens",))}
     for n in args.fit_docs:
         sample = fit_from_dense(before, fit.model_hash, n)
         sweeps["fit_docs"][n] = score(derived(default, fit_=sample, tag=f"-fit{n}"))
@@ -290,6 +296,7 @@ def tables(report: dict) -> str:
                               ("weighting of aligned tokens", "weighting (aligned)", SWEEP_MODES),
                               ("document top-K", "top_k", SWEEP_MODES),
                               ("fit sample (documents)", "fit_docs", SWEEP_MODES),
+                              ("control", "control", ("tokens",)),
                               ("union M", "union_m", ("union",)), ("BM25 fusion", "bm25_fusion", ("bm25-hybrid",))):
         lines += [f"**{title}**", "", HEADER]
         for value, r in sw[key].items():
