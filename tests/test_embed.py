@@ -129,8 +129,9 @@ def test_cli_end_to_end_on_scifact(smollm2, tmp_path, capsys):
     assert s.manifest["settings"]["pooling"] == "last" and s.manifest["complete"]
     # the rows equal the API on the same texts, with the store's correction fit
     assert s.manifest["settings"]["correction"] == "pc1"
+    assert s.manifest["settings"]["doc_tokens"] == "literal"
     emb = Embedder(smollm2, EmbedSettings(pooling="last", prompt="prompteol", max_length=64, top_k=16,
-                                          correction="pc1"),
+                                          correction="pc1", doc_tokens="literal"),
                    correction_fit=CorrectionFit.load(out / "correction_fit.json"))
     texts = [" ".join(x for x in (d["title"], d["text"]) if x) for d in corpus[:5]]
     api = emb.encode(texts, output_value=None)
