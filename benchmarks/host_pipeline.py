@@ -8,7 +8,8 @@ Per setting: the job's own stages in the job's order (``pipeline.read.read_corpu
 ``--shard-size``, :class:`keytok_jax.pipeline.tokenize_pool.TokenizePool` one shard ahead, the
 embedder's plan and the host arrays of every batch (``pad_batch``, ``pad_literal``), and the
 store's ``write_shard`` of each shard with blank vectors), timed from the first read to the last
-write; the pool's start-up (spawning workers) is reported apart. Beside them: the raw tokenizer
+write; the pool's start-up (spawning workers) is reported apart. Each setting starts from a fresh copy
+of the tokenizer (the literal tokens' word cache empty, as in a new job). Beside them: the raw tokenizer
 (one batched ``tokenizer(texts)`` call over the same texts, no template, no truncation, no rows
 built) and the reader alone. The preset is the job's (literal document tokens included: their
 second tokenizer call is host work too). Every setting must give the same tokens (checked).
@@ -16,6 +17,7 @@ second tokenizer call is host work too). Every setting must give the same tokens
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -63,10 +65,11 @@ def host_work(emb: Embedder, tokenized) -> int:
     return int(lengths.sum())
 
 
-def run(emb: Embedder, path: Path, limit: int, shard_size: int, workers: int, out: Path) -> dict:
+def run(emb: Embedder, tokenizer, path: Path, limit: int, shard_size: int, workers: int, out: Path) -> dict:
+    """One setting, from a fresh copy of the tokenizer (its word cache empty, as a job starts)."""
     k, s = emb.settings.top_k, emb.settings
     t0 = time.perf_counter()
-    pool = TokenizePool(emb.doc_tokenizer, workers)
+    pool = TokenizePool(copy.deepcopy(tokenizer), workers)
     pool.start()
     startup = time.perf_counter() - t0
     writer = store_lib.StoreWriter.create_or_resume(out, {"bench": "host", **s.as_dict()}, k=k,
@@ -120,6 +123,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{path} not found (../shared/data holds SciFact)")
     opts = resolve([EmbedSettings, ModelSettings], {}, preset=JOB_PRESET)
     emb = Embedder(load_model(opts["model"]), build(EmbedSettings, opts))
+    pristine = copy.deepcopy(emb.doc_tokenizer)
     texts = [d.text for _, d in zip(range(args.limit), read_corpus(path))]
     t0 = time.perf_counter()
     raw = emb.model.tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="keytok-host-"))
     try:
         for w in args.workers:
-            r = run(emb, path, args.limit, args.shard_size, w, tmp / f"w{w}")
+            r = run(emb, pristine, path, args.limit, args.shard_size, w, tmp / f"w{w}-{len(report['runs'])}")
             report["runs"].append(r)
             print(f"workers {w}: {r['tokens_per_s']:,} real tokens/s ({r['docs_per_s']} docs/s, "
                   f"{r['seconds']} s, start-up {r['startup_seconds']} s)", flush=True)
