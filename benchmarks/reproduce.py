@@ -167,7 +167,9 @@ def main(argv=None) -> int:
         store = work / f"{role}-store"
         work.mkdir(exist_ok=True)
         seconds = embed(margs, sets["scifact"], store, work / f"{role}-embed.log",
-                        ["--max-length", str(args.scifact_max_length), "--top-k", "64"])
+                        # finding (c) is about the paper's aligned tokens, not the job's literal ones
+                        ["--max-length", str(args.scifact_max_length), "--top-k", "64",
+                         "--doc-tokens", "aligned"])
         if seconds is not None:
             timings[f"scifact {label}/{role}/embed"] = seconds
         modes = ["bm25", "tokens", "expand", "dense"]
