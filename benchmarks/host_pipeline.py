@@ -6,7 +6,7 @@ by a no-op, in real tokens/s, with tokenization in a thread (0 workers) or in N 
 
 Per setting: the job's own stages in the job's order (``pipeline.read.read_corpus`` in shards of
 ``--shard-size``, :class:`keytok_jax.pipeline.tokenize_pool.TokenizePool` one shard ahead, the
-embedder's plan and the host arrays of every batch (``pad_batch``, ``pad_literal``), and the
+embedder's plan and the host arrays of every batch (``Embedder.host_arrays``), and the
 store's ``write_shard`` of each shard with blank vectors), timed from the first read to the last
 write; the pool's start-up (spawning workers) is reported apart. Each setting starts from a fresh copy
 of the tokenizer (the literal tokens' word cache empty, as in a new job). Beside them: the raw tokenizer
@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT))
 from keytok_jax import store as store_lib  # noqa: E402
 from keytok_jax.loading import load_model  # noqa: E402
 from keytok_jax.pipeline import Embedder  # noqa: E402
-from keytok_jax.pipeline.plan import literal_width, pad_batch, pad_literal  # noqa: E402
 from keytok_jax.pipeline.read import read_corpus  # noqa: E402
 from keytok_jax.pipeline.tokenize_pool import TokenizePool  # noqa: E402
 from keytok_jax.settings import JOB_PRESET, EmbedSettings, ModelSettings, build, resolve  # noqa: E402
@@ -57,11 +56,7 @@ def host_work(emb: Embedder, tokenized) -> int:
     """The embedder's host work for one shard: its plan and every batch's arrays; real tokens."""
     lengths = np.array([len(d.ids) for d in tokenized], np.int32)
     for batch in emb.plan(lengths):
-        docs = [tokenized[r] for r in batch.rows]
-        rows = emb.shapes.rows_at(batch.seq, batch.variant)
-        pad_batch(docs, rows, batch.seq)
-        if emb.settings.doc_tokens == "literal":
-            pad_literal(docs, rows, literal_width(docs, batch.seq, emb.settings.top_k))
+        emb.host_arrays(tokenized, batch)
     return int(lengths.sum())
 
 

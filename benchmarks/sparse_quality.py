@@ -46,6 +46,7 @@ from keytok_jax.pipeline.correction import (CorrectionFit, Moments, correction_v
                                             model_hash)
 from keytok_jax.pipeline.fitting import FIT_ATTACHMENT, sample_positions  # noqa: E402
 from keytok_jax.pipeline import Embedder  # noqa: E402
+from keytok_jax.pipeline.plan import pad_literal  # noqa: E402
 from keytok_jax.projection import (CORRECTIONS, DOC_TOKENS, correct, literal_projection,  # noqa: E402
                                   topk_projection)
 from keytok_jax.retrieval.bm25 import corpus_texts  # noqa: E402
@@ -114,7 +115,7 @@ def derive(src: Path, dst: Path, head: np.ndarray, fit: CorrectionFit, correctio
             return topk_projection(x, head, top_k, chunk=chunk, weighting=weighting)
         docs = literal[start: start + len(x)]
         width = max(max((len(d) for d in docs), default=0), top_k)
-        ids, w = literal_projection(x, head, pad_literal_ids(docs, width), top_k)
+        ids, w = literal_projection(x, head, pad_literal(docs, len(docs), width), top_k)
         if weighting == BINARY:   # the control: the same tokens, every weight 1
             w = (np.asarray(ids) >= 0).astype(np.float32)
         return ids, w
@@ -131,13 +132,6 @@ def derive(src: Path, dst: Path, head: np.ndarray, fit: CorrectionFit, correctio
         writer.write_shard(i, s.ids[start: start + n], ids, weights,
                            np.asarray(s.lengths[start: start + n].read().result()), flags, dense)
     writer.finalize(len(s.shard_records()))
-
-
-def pad_literal_ids(docs, width: int) -> np.ndarray:
-    out = np.full((len(docs), width), -1, np.int32)
-    for j, d in enumerate(docs):
-        out[j, : len(d)] = d
-    return out
 
 
 def literal_of(store: Path, model) -> list[np.ndarray]:

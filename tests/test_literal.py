@@ -15,7 +15,7 @@ from keytok_jax import store as store_lib
 from keytok_jax.errors import SettingsError
 from keytok_jax.pipeline import Embedder, EmbedSettings
 from keytok_jax.pipeline.literal import LiteralTokens
-from keytok_jax.pipeline.plan import literal_width
+from keytok_jax.pipeline.plan import literal_width, pad_literal
 from keytok_jax.projection import literal_projection
 from keytok_jax.retrieval import Searcher
 
@@ -106,10 +106,7 @@ def test_batch_padding_and_bucket_independence(tiny_folder):
     head = np.asarray(emb.model.lm_head, np.float32)
     docs = emb.tokenize(texts)
     pooled = emb.embed_tokenized(docs, keep_pooled=True).pooled
-    width = max(len(d.literal) for d in docs)
-    literal = np.full((len(docs), width), -1, np.int32)
-    for j, d in enumerate(docs):
-        literal[j, : len(d.literal)] = d.literal
+    literal = pad_literal([d.literal for d in docs], len(docs), max(len(d.literal) for d in docs))
     ref_ids, ref_w = reference(pooled, head, literal, 16)
     np.testing.assert_array_equal(together.token_ids, ref_ids)
     np.testing.assert_allclose(together.token_weights, ref_w, rtol=1e-4, atol=1e-4)

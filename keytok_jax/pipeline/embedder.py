@@ -348,14 +348,20 @@ class Embedder:
                            np.array([len(d.ids) for d in docs], np.int32),
                            np.array([d.flags for d in docs], np.uint8))
 
-    def _dispatch(self, docs: Sequence[TokenizedDoc], batch: Batch) -> _InFlight:
+    def host_arrays(self, docs: Sequence[TokenizedDoc], batch: Batch) -> tuple[int, int, tuple]:
+        """``(rows, host_rows, arrays)`` of one planned batch: the step's host inputs (ids, mask,
+        pool_mask, and the literal tokens with ``doc_tokens="literal"``) of this process's rows."""
         rows = self.shapes.rows_at(batch.seq, batch.variant)
         host_rows = self.feed.host_rows(rows)
         batch_docs = [docs[r] for r in batch.rows]
         arrays = pad_batch(batch_docs, host_rows, batch.seq)
         if self.settings.doc_tokens == "literal":
             width = self.feed.agree_width(literal_width(batch_docs, batch.seq, self.settings.top_k))
-            arrays += (pad_literal(batch_docs, host_rows, width),)
+            arrays += (pad_literal([d.literal for d in batch_docs], host_rows, width),)
+        return rows, host_rows, arrays
+
+    def _dispatch(self, docs: Sequence[TokenizedDoc], batch: Batch) -> _InFlight:
+        rows, host_rows, arrays = self.host_arrays(docs, batch)
         result = self.step(rows, batch.seq, arrays, self.stats)
         self.stats.batches += 1
         self.stats.padded_tokens += host_rows * batch.seq

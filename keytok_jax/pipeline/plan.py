@@ -116,9 +116,9 @@ def literal_width(docs: Sequence[TokenizedDoc], seq: int, k: int) -> int:
     return width if most <= width else -(-most // seq) * seq
 
 
-def pad_literal(docs: Sequence[TokenizedDoc], rows: int, width: int) -> np.ndarray:
+def pad_literal(literals: Sequence[np.ndarray], rows: int, width: int) -> np.ndarray:
     """int32 ``[rows, width]``: each text's literal token ids, padded with -1."""
     out = np.full((rows, width), -1, np.int32)
-    for j, d in enumerate(docs):
-        out[j, : len(d.literal)] = d.literal
+    for j, ids in enumerate(literals):
+        out[j, : len(ids)] = ids
     return out
