@@ -6,6 +6,8 @@
 - :mod:`.components` (in memory) and :mod:`.moments` (streaming) give the principal components;
 - :mod:`.shift` holds the paper's analyses of the first component (variation, shift, contribution);
 - :mod:`.alignment` the paper's alignment metrics (hit@k, local, global);
+- :mod:`.controls` the controls for the first-component finding (other directions, amounts, the
+  reverse shift) and the content-token metrics;
 - :mod:`.sts` the STS correlation of cosine similarity with gold scores;
 - :mod:`.report` and :mod:`.plots` write what the commands (``keytok_jax.cli.spectral``) show.
 """

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from .core import defaults, read_preset, setting
 from .embed import INPUT_FORMATS, JOB_GROUPS, JOB_PRESET, EmbedSettings, InputSettings
 
-__all__ = ["PRECISIONS", "TEXT_FORMATS", "ANALYSIS_PRESET", "EMBED_FLAGS", "TextSettings",
+__all__ = ["PRECISIONS", "TEXT_FORMATS", "ANALYSIS_PRESET", "EMBED_FLAGS", "TextSettings", "ControlSettings",
            "RunSettings", "ComponentSettings", "ReportSettings", "AlignSettings", "ShiftSettings",
            "ApplyShiftSettings", "VariationSettings", "ContributionSettings", "analysis_embedding",
            "sts_embedding"]
@@ -145,6 +145,16 @@ class ApplyShiftSettings:
 class VariationSettings:
     shift_out: str | None = setting(None, "write Shift(v1, λ=diff_1, model hash) here (for embed "
                                     "--shift)")
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    k: int = setting(10, "top-k tokens for hit@k and the official local depth")
+    seeds: int = setting(3, "random unit directions tried as a control")
+    lambda_scales: tuple = setting((0.25, 0.5, 1.5, 2.0), "multiples of λ swept along v1",
+                                   nargs="+", type=float)
+    no_content: bool = setting(False, "skip the content-token metrics (stop words and punctuation "
+                                      "out of both the ranked tokens and the text's tokens)")
 
 
 @dataclass(frozen=True)

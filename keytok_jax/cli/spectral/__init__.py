@@ -7,7 +7,7 @@ import json
 
 from ...analysis.report import json_default
 from ..common import new_parser, run_command
-from . import components, contribution, shift, variation
+from . import components, contribution, controls, shift, variation
 
 __all__ = ["build_parser", "main"]
 
@@ -26,7 +26,8 @@ EPILOG = (
     "--output out/shift\n"
     "  python -m keytok_jax.embed --input corpus.jsonl --output store --pooling mean --prompt none "
     "--shift out/shift/shift.json\n"
-    "  python -m keytok_jax.spectral align --store store --output out/align --shift out/shift/shift.json")
+    "  python -m keytok_jax.spectral align --store store --output out/align --shift out/shift/shift.json\n"
+    "  python -m keytok_jax.spectral controls --backbone-store B --embedder-store E --output out/controls")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     components.add_parser(sub)
     variation.add_parser(sub)
     shift.add_parsers(sub)
+    controls.add_parser(sub)
     contribution.add_parser(sub)
     return p
 
