@@ -155,3 +155,27 @@ def test_the_job_with_fused_attention_writes_the_same_vectors(tiny_folder, capsy
     np.testing.assert_array_equal(read(stores["xla"], "token_ids"), read(stores["fused"], "token_ids"))
     for name in ("token_weights", "dense"):
         np.testing.assert_allclose(read(stores["xla"], name), read(stores["fused"], name), atol=1e-5)
+
+
+def test_dtype_auto_is_bfloat16_on_accelerators_only(monkeypatch, tiny_folder, capsys, tmp_path):
+    """The accelerator path's default precision: ``--dtype auto`` (the default) is float32 on
+    CPU — what the store records, so stores written before resume — and bfloat16 on GPU/TPU."""
+    from types import SimpleNamespace
+
+    from conftest import embed_runner
+    from keytok_jax import store as store_lib
+    from keytok_jax.loading import resolve_dtype
+
+    assert resolve_dtype("auto") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("protein folding in the cell\ncats chase mice\n")
+    rc, err, _ = embed_runner(tiny_folder, capsys, "--max-length", "32")(corpus, tmp_path / "s")
+    assert rc == 0, err
+    assert store_lib.open(tmp_path / "s").settings["dtype"] == "float32"
+    for platform in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda p=platform: p)
+        assert resolve_dtype("auto") == "bfloat16" and resolve_dtype("float32") == "float32"
+    mesh = SimpleNamespace(devices=np.array([SimpleNamespace(platform="cpu")]))
+    assert resolve_dtype("auto", mesh) == "float32"     # the mesh's devices decide, not the default
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("float16")

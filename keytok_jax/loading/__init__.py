@@ -150,13 +150,28 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     return gguf_tokenizer(gguf_path, reader)
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache: bool = True,
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_dtype(dtype: str, mesh=None) -> str:
+    """``auto`` → ``bfloat16`` where the devices are GPUs or TPUs (half the memory and traffic,
+    the matrix units' rate; norms, softmax and the LM-head logits stay float32 in the ports),
+    ``float32`` on CPU (the precision the ports are checked in against transformers)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    return "bfloat16" if platform in ("gpu", "cuda", "rocm", "tpu") else "float32"
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "auto", cache: bool = True,
                mesh=None, lm_head: str | None = None) -> KeytokModel:
     """Load a decoder LM as a :class:`KeytokModel`.
 
     ``name_or_path``: the alias ``smollm2-135m``, a Hugging Face folder (config.json +
     safetensors / pytorch_model.bin, single or sharded), a ``.gguf`` file (or a folder holding one),
-    or a hub id. ``dtype``: ``float32`` or ``bfloat16``. ``cache``: reuse / store the converted
+    or a hub id. ``dtype``: ``float32``, ``bfloat16`` or ``auto`` (:func:`resolve_dtype`). ``cache``: reuse / store the converted
     parameters (see :mod:`keytok_jax.loading.cache`). ``mesh``: a ``jax.sharding.Mesh`` or a spec
     such as ``"data=4,model=2"`` (see :mod:`keytok_jax.sharding`); the parameters are then placed
     with the rules' shardings, each device receiving only its slice (from the cache, orbax restores
@@ -165,9 +180,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", cache:
     tied embedding) becomes this model's head, for a model saved without one (see
     :func:`_borrowed_head`).
     """
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     mesh = sharding.parse_mesh(mesh)
+    dtype = resolve_dtype(dtype, mesh)
     t0 = time.perf_counter()
     path = resolve(name_or_path)
     gguf_path = _gguf_file(path)
@@ -292,4 +306,4 @@ def _abstract_target(cfg, dtype: str, mesh):
                         abstract, _shardings(cfg, dtype, mesh))
 
 
-__all__ = ["DEFAULT_MODEL", "WeightError", "load_model", "load_tokenizer", "resolve", "save_hf_folder"]
+__all__ = ["DEFAULT_MODEL", "DTYPES", "WeightError", "load_model", "resolve_dtype", "load_tokenizer", "resolve", "save_hf_folder"]

@@ -273,7 +273,7 @@ class Embedder:
         return fit
 
     @classmethod
-    def from_pretrained(cls, model: str | KeytokModel = "smollm2-135m", *, dtype: str = "float32",
+    def from_pretrained(cls, model: str | KeytokModel = "smollm2-135m", *, dtype: str = "auto",
                         shift: Shift | str | None = None,
                         correction_fit: CorrectionFit | str | None = None,
                         batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None,

@@ -117,7 +117,7 @@ def open_store(job: JobSettings, embedder: Embedder, shift: Shift | None, source
         # recorded only when borrowed, so stores written before --lm-head still resume
         **({"lm_head": job.model.lm_head} if job.model.lm_head else {}),
         "model_identity": model_identity(model),
-        "dtype": job.model.dtype, "shift": shift.fingerprint() if shift else None,
+        "dtype": model.dtype, "shift": shift.fingerprint() if shift else None,
         "input": str(source), "format": inp.format, "id_field": inp.id_field,
         "text_fields": list(inp.text_fields), "limit": inp.limit, **fit_settings(job, fit),
     }

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import SettingsError
-from ..loading import DEFAULT_MODEL
+from ..loading import DEFAULT_MODEL, DTYPES
 from ..model import ATTENTION_MODES
 from ..models.layers import ATTENTION_IMPLS
 from ..pooling import POOLING_METHODS
@@ -141,7 +141,9 @@ class EmbedSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     model: str = setting(DEFAULT_MODEL, "alias, Hugging Face folder, .gguf file or hub id")
-    dtype: str = setting("float32", "parameter dtype", choices=("float32", "bfloat16"))
+    dtype: str = setting("auto", "parameter and compute dtype; auto: bfloat16 on GPU/TPU (norms, "
+                         "softmax and logits in float32), float32 on CPU",
+                         choices=DTYPES)
     lm_head: str | None = setting(None, "borrow the LM head from this checkpoint (alias, folder, "
                                   ".gguf or hub id: the base model the embedder was trained from) "
                                   "for a model saved without one (bare LlamaModel/MistralModel "
