@@ -18,6 +18,7 @@ infinite dense value or token weight, or a token id outside ``[-1, vocab_size)``
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
@@ -304,6 +305,33 @@ class Embedder:
     def executable(self, rows: int, seq: int):
         """The compiled step for ``[rows, seq]`` batches (for measurements)."""
         return self.step.executable(rows, seq, self.stats, literal_width([], seq, self.settings.top_k))
+
+    def batch_shapes(self, lengths=None) -> list[tuple[int, int]]:
+        """``(rows, seq)`` of the batches of the plan for texts of ``lengths``; without them,
+        every shape a plan can make: each bucket's full batch and its quartered last batches."""
+        if lengths is not None:
+            return sorted({(self.rows_for(b.seq, len(b.rows)), b.seq) for b in self.plan(lengths)})
+        shapes = set()
+        for seq in self.shapes.buckets:
+            v, rows = 0, self.shapes.rows_at(seq, 0)
+            while True:
+                shapes.add((rows, seq))
+                smaller = self.shapes.rows_at(seq, v + 1)
+                if smaller == rows:
+                    break
+                v, rows = v + 1, smaller
+        return sorted(shapes)
+
+    def precompile(self, lengths=None) -> dict:
+        """Compile the step for every shape of :meth:`batch_shapes` before the first batch (on an
+        accelerator, compiling on first use stalls the device mid-run; ahead of time, the run
+        compiles nothing). Not counted in :attr:`stats`: returns ``{"precompiled": n,
+        "precompile_seconds": s}``."""
+        t0 = time.perf_counter()
+        shapes = self.batch_shapes(lengths)
+        for rows, seq in shapes:
+            self.step.executable(rows, seq, None, literal_width([], seq, self.settings.top_k))
+        return {"precompiled": len(shapes), "precompile_seconds": round(time.perf_counter() - t0, 2)}
 
     # ------------------------------------------------------------------ host loop
     def embed_tokenized(self, docs: Sequence[TokenizedDoc], in_flight: int = 2,

@@ -291,7 +291,7 @@ def finalize(writer: store.StoreWriter, shards: Shards, process: int, out: Outpu
 
 def summary(output, embedder: Embedder, manifest: dict, num_shards: int, tally: Tally,
             corpus: Corpus, process: int, processes: int, load_seconds: float, wall: float,
-            fit_report: dict) -> dict:
+            fit_report: dict, precompiled: dict) -> dict:
     st = embedder.stats
     counters = manifest["counters"]  # sums of the shard records' flag counts
     return {
@@ -305,7 +305,8 @@ def summary(output, embedder: Embedder, manifest: dict, num_shards: int, tally: 
         "truncated": counters["truncated"], "empty": counters["empty"],
         "replaced_utf8": counters["replaced"],
         "rejected": corpus.stats.rejected, "compiles": st.compiles,
-        "compile_seconds": round(st.compile_seconds, 2), "load_seconds": round(load_seconds, 2),
+        "compile_seconds": round(st.compile_seconds, 2), **precompiled,
+        "load_seconds": round(load_seconds, 2),
         "correction": embedder.settings.correction, **fit_report,
         "wall_seconds": round(wall, 2),
         "docs_per_s": round(tally.embedded_docs / max(wall, 1e-9), 2),
@@ -342,6 +343,7 @@ def _run_locked(job: JobSettings, process: int, processes: int, t_start: float) 
         shift.check_model(model, job.model.shift)
     embedder = Embedder(model, job.embed, shift=shift, batch_tokens=job.speed.batch_tokens,
                         vocab_chunk=job.speed.vocab_chunk, attention_impl=job.speed.attention_impl)
+    precompiled = embedder.precompile() if job.speed.precompile else {}
     schedule = shard_schedule(embedder.mesh, process, processes)
     source = input_source(job.input.input)
     corpus = open_corpus(job.input, job.output.output, source, process)
@@ -356,7 +358,7 @@ def _run_locked(job: JobSettings, process: int, processes: int, t_start: float) 
         raise CorpusError(f"{source}: no documents to embed")
     manifest = finalize(writer, shards, process, job.output)
     return summary(job.output.output, embedder, manifest, shards.count, tally, corpus, process,
-                   processes, load_seconds, time.perf_counter() - t_start, fit_report)
+                   processes, load_seconds, time.perf_counter() - t_start, fit_report, precompiled)
 
 
 def embed_corpus(embedder: Embedder, writer: store.StoreWriter, schedule: ShardSchedule,

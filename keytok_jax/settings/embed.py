@@ -217,6 +217,11 @@ class SpeedSettings:
     tokenize_workers: int | None = setting(
         None, "processes tokenizing ahead of the device (0: one thread of this process); "
         "default: a quarter of the cores, at most 8 (0 on 2 cores, where the device is the CPU)")
+    precompile: bool = setting(False, "compile the step for every batch shape (each length "
+                               "bucket's full batch and its smaller last batches) before the first "
+                               "batch, reported apart (precompile_seconds): on an accelerator the "
+                               "run then never stalls to compile; on CPU it also compiles shapes "
+                               "the corpus may not need")
     no_progress: bool = setting(False, "no progress bar")
 
     def __post_init__(self):
