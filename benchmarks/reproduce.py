@@ -276,8 +276,9 @@ def markdown(s: dict) -> str:
                 top = ", ".join(f"{c['share']:.3f}" for c in v["components"][:5])
                 cut = res.get("stats", {}).get("backbone", {}).get("truncated", "")
                 lines.append(f"| {name} | {v['lambda']:.2f} | {v['first_share']:.3f} | {top} | {cut} |")
-            lines += ["", "Controls (official hit@10 / local / global; content tokens hit@10 / local / global):", "",
-                      "| texts | variant | step ‖·‖ | official | content |", "|---|---|---|---|---|"]
+            lines += ["", "Controls (official metrics; content: stop words and punctuation out):", "",
+                      "| texts | variant | step ‖·‖ | hit@10 | local | global | content hit@10 | content local "
+                      "| content global |", "|---|---|---|---|---|---|---|---|---|"]
             for name, res in by_set.items():
                 for variant, r in res["controls"]["variants"].items():
                     lines.append(f"| {name} | {variant} | {r['step_norm']:.2f} | {_m(r['official'])} | "
