@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/throughput.py on the tiny Llama folder (seconds, not a measurement)."""
+"""Smoke tests of benchmarks/throughput.py and benchmarks/accelerator.py on tiny models (seconds, not
+measurements)."""
 import json
 import subprocess
 import sys
@@ -84,3 +85,22 @@ def test_throughput_parts_resume(tiny_folder, tmp_path):
     bad = subprocess.run(cmd[:cmd.index("--max-length") + 1] + ["64"] + cmd[cmd.index("--max-length") + 2:],
                          check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode != 0 and "other settings" in bad.stderr
+
+
+@pytest.mark.slow
+def test_accelerator_benchmark_smoke(tmp_path):
+    """benchmarks/accelerator.py on CPU with the tiny shape: every planned shape precompiled (the
+    timed pass compiles nothing), its FLOP count and MFU sane, the table and JSON written."""
+    out = tmp_path / "acc.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accelerator.py"), "--models", "tiny", "--docs", "40",
+         "--max-length", "160", "--batch-tokens", "2048", "--vocab-chunk", "1024", "--peak-size", "256",
+         "--peak-tflops", "1", "--output", str(out)],
+        check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = json.loads(out.read_text())
+    assert r["dtype"] == "float32" and r["attention_impl"] == "xla"     # CPU defaults
+    assert r["docs"] == 40 and r["run_compiles"] == 0 and r["precompiled"] >= 2
+    assert 0 < r["mfu_measured_peak"] < 1 and 0 < r["mfu_nominal_peak"] < 1
+    assert r["real_tokens"] > 40 * 16 and 0 <= r["padding_fraction"] < 0.5
+    assert out.with_suffix(".md").read_text().startswith("| model |")
