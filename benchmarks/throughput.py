@@ -238,11 +238,11 @@ def run_keytok(model, settings, docs, args) -> tuple[dict, object]:
     t0 = time.perf_counter()
     if args.keytok_warmup == "pass":
         emb.embed_tokenized(docs)
+        compile_stats = (emb.stats.compiles, emb.stats.compile_seconds)
     else:
-        for rows, seq in sorted(set(batches)):
-            emb.executable(rows, seq)
+        pre = emb.precompile(lengths)
+        compile_stats = (pre["precompiled"], pre["precompile_seconds"])
     warm = time.perf_counter() - t0
-    compile_stats = (emb.stats.compiles, emb.stats.compile_seconds)
     emb.stats = RunStats()
     t0 = time.perf_counter()
     out = emb.embed_tokenized(docs)

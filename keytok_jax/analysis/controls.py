@@ -135,7 +135,7 @@ def score_variants(variants: Sequence[Variant], dense: dict[str, np.ndarray], te
     ones (``content``), plus the variant's description and the size of its move."""
     lists = text_token_lists(model.tokenizer, texts)
     head = model.lm_head
-    width = min(max(k, RANK_WIDTH if mask is not None else k), int(head.shape[0]))
+    width = min(max(k, RANK_WIDTH) if mask is not None else k, int(head.shape[0]))
     out = {}
     for v in variants:
         ids, _ = top_tokens(dense[v.role], head, width, shift_vec=v.vector)

@@ -309,18 +309,9 @@ class Embedder:
     def batch_shapes(self, lengths=None) -> list[tuple[int, int]]:
         """``(rows, seq)`` of the batches of the plan for texts of ``lengths``; without them,
         every shape a plan can make: each bucket's full batch and its quartered last batches."""
-        if lengths is not None:
-            return sorted({(self.rows_for(b.seq, len(b.rows)), b.seq) for b in self.plan(lengths)})
-        shapes = set()
-        for seq in self.shapes.buckets:
-            v, rows = 0, self.shapes.rows_at(seq, 0)
-            while True:
-                shapes.add((rows, seq))
-                smaller = self.shapes.rows_at(seq, v + 1)
-                if smaller == rows:
-                    break
-                v, rows = v + 1, smaller
-        return sorted(shapes)
+        if lengths is None:
+            return self.shapes.every_shape()
+        return sorted({(self.rows_for(b.seq, len(b.rows)), b.seq) for b in self.plan(lengths)})
 
     def precompile(self, lengths=None) -> dict:
         """Compile the step for every shape of :meth:`batch_shapes` before the first batch (on an

@@ -63,6 +63,17 @@ class Shapes:
             rows, v = rows // 4, v + 1
         return v
 
+    def every_shape(self) -> list[tuple[int, int]]:
+        """Every ``(rows, seq)`` a plan can make: each bucket's full batch and its quartered last
+        batches, down to the smallest row count."""
+        shapes: set[tuple[int, int]] = set()
+        for seq in self.buckets:
+            v = 0
+            while (shape := (self.rows_at(seq, v), seq)) not in shapes:   # until the row floor
+                shapes.add(shape)
+                v += 1
+        return sorted(shapes)
+
     def rows_for(self, seq: int, remaining: int | None = None) -> int:
         """Rows of a batch of length ``seq``: the token budget's share, or for a bucket's last
         batch the smallest of cap, cap/4, cap/16, ... that holds ``remaining``."""
