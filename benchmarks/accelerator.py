@@ -30,6 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -38,9 +39,11 @@ from keytok_jax import flops as F  # noqa: E402
 from keytok_jax.loading import _hf_config, resolve_dtype  # noqa: E402
 from keytok_jax.model import KeytokModel  # noqa: E402
 from keytok_jax.models import config_from_hf  # noqa: E402
+from keytok_jax.models.layers import resolve_attention_impl  # noqa: E402
 from keytok_jax.pipeline import Embedder, RunStats  # noqa: E402
-from keytok_jax.records import TokenizedDoc  # noqa: E402
+from keytok_jax.records import EmbedOutput, TokenizedDoc  # noqa: E402
 from keytok_jax.settings import EmbedSettings  # noqa: E402
+from throughput import agreement  # noqa: E402  (the side-by-side benchmark's output check)
 
 _LLAMA = {"model_type": "llama", "hidden_act": "silu", "tie_word_embeddings": True, "rms_norm_eps": 1e-5,
           "attention_bias": False, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2}
@@ -112,59 +115,97 @@ def random_docs(lengths: np.ndarray, vocab: int, seed: int = 0) -> list[Tokenize
     return [TokenizedDoc(rng.integers(3, vocab, int(t)).astype(np.int32), 0, 0) for t in lengths]
 
 
-def matmul_peak(dtype: str, size: int, reps: int = 3) -> float:
-    """Best FLOP/s of a jitted ``[size, size] @ [size, size]`` in ``dtype``."""
+def matmul_peak(dtype: str, size: int, reps: int = 3, chain: int = 10) -> float:
+    """Best FLOP/s of ``chain`` jitted ``[size, size] @ [size, size]`` products in ``dtype``,
+    dispatched back to back and timed to the last one's end (one product alone is ~1 ms on a
+    GPU, where the dispatch would count)."""
     a = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32).astype(dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
+        outs = [f(a) for _ in range(chain)]
+        outs[-1].block_until_ready()
+        best = min(best, (time.perf_counter() - t0) / chain)
     return 2 * size ** 3 / best
 
 
-def measure(name: str, args) -> dict:
-    dtype = resolve_dtype(args.dtype)
-    impl = args.attention_impl or ("fused" if jax.default_backend() == "gpu" and dtype != "float32" else "xla")
-    model = random_model(name, dtype)
+def timed_pass(model: KeytokModel, impl: str, docs, lengths, args) -> tuple[dict, EmbedOutput]:
+    """Precompile every shape of the plan, run the programs once untimed, then time one pass."""
     settings = EmbedSettings(pooling="last", prompt="none", max_length=args.max_length, top_k=64,
                              correction="none", doc_tokens="aligned")
     emb = Embedder(model, settings, batch_tokens=args.batch_tokens, vocab_chunk=args.vocab_chunk,
                    attention_impl=impl)
-    lengths = doc_lengths(args.docs, args.max_length)
-    docs = random_docs(lengths, model.config.vocab_size)
     pre = emb.precompile(lengths)
     emb.embed_tokenized(docs[: min(len(docs), 8)])          # first runs of the programs, untimed
     emb.stats = RunStats()
     t0 = time.perf_counter()
-    emb.embed_tokenized(docs)
+    out = emb.embed_tokenized(docs)
     seconds = time.perf_counter() - t0
     st = emb.stats
+    return {"attention_impl": impl, "real_tokens": st.real_tokens, "padding_fraction": st.padding_fraction,
+            **pre, "run_compiles": st.compiles, "seconds": seconds}, out
+
+
+def measure(name: str, args, peaks: dict) -> list[dict]:
+    """One row per attention implementation run for ``name`` (the default one, and with
+    ``--compare-impls`` the other one too, with the two outputs' agreement)."""
+    dtype = resolve_dtype(args.dtype)
+    impls = [resolve_attention_impl(args.attention_impl or "auto", dtype, jax.devices()[0])]
+    if args.compare_impls:
+        impls.append("xla" if impls[0] == "fused" else "fused")
+    model = random_model(name, dtype)
+    lengths = doc_lengths(args.docs, args.max_length)
+    docs = random_docs(lengths, model.config.vocab_size)
     useful = F.corpus_flops(model.config, lengths, "sparse").model
-    peak = matmul_peak(dtype, args.peak_size)
-    row = {"model": name, "dtype": dtype, "attention_impl": impl, "device": str(jax.devices()[0].device_kind),
-           "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(model.params))),
-           "docs": len(docs), "mean_length": float(lengths.mean()), "real_tokens": st.real_tokens,
-           "padding_fraction": st.padding_fraction, **pre, "run_compiles": st.compiles,
-           "seconds": seconds, "tokens_per_s": st.real_tokens / seconds, "docs_per_s": len(docs) / seconds,
-           "useful_tflops_per_s": useful / seconds / 1e12, "measured_peak_tflops": peak / 1e12,
-           "mfu_measured_peak": useful / seconds / peak}
-    if args.peak_tflops:
-        row["mfu_nominal_peak"] = useful / seconds / (args.peak_tflops * 1e12)
-    return row
+    if dtype not in peaks:
+        peaks[dtype] = matmul_peak(dtype, args.peak_size)
+    peak = peaks[dtype]
+    rows, outs = [], []
+    for impl in impls:
+        try:
+            timing, out = timed_pass(model, impl, docs, lengths, args)
+        except Exception as e:                  # a kernel the device refuses: recorded, not fatal
+            log(f"{name} {impl}: {type(e).__name__}: {e}")
+            rows.append({"model": name, "dtype": dtype, "attention_impl": impl,
+                         "error": f"{type(e).__name__}: {str(e)[:2000]}"})
+            if len(impls) == 1:                 # still measure the model, with the other kernel
+                impls.append("xla" if impl == "fused" else "fused")
+            continue
+        seconds = timing["seconds"]
+        row = {"model": name, "dtype": dtype, "device": str(jax.devices()[0].device_kind),
+               "jax": jax.__version__, "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(model.params))),
+               "docs": len(docs), "mean_length": float(lengths.mean()), **timing,
+               "tokens_per_s": timing["real_tokens"] / seconds, "docs_per_s": len(docs) / seconds,
+               "useful_tflops_per_s": useful / seconds / 1e12, "measured_peak_tflops": peak / 1e12,
+               "mfu_measured_peak": useful / seconds / peak}
+        if args.peak_tflops:
+            row["mfu_nominal_peak"] = useful / seconds / (args.peak_tflops * 1e12)
+        if outs:                                # the same documents through the other kernel
+            valid = outs[0].lengths > 0
+            row["agreement_with_" + rows[0]["attention_impl"]] = agreement(
+                outs[0].dense, outs[0].token_ids, out.dense, out.token_ids, valid)
+        rows.append(row)
+        outs.append(out)
+    return rows
 
 
 def table(rows: list[dict]) -> str:
     out = ["| model | params | dtype | attention | tokens/s | docs/s | padding | precompile s (shapes) | "
-           "TFLOP/s | MFU (measured peak) | MFU (nominal) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "TFLOP/s | MFU (measured peak) | MFU (nominal) | agreement |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r or "skipped" in r:
+            out.append(f"| {r['model']} | | {r.get('dtype', '')} | {r.get('attention_impl', '')} | "
+                       f"{r.get('error') or r['skipped']} |||||||")
+            continue
         nominal = f"{r['mfu_nominal_peak']:.1%}" if "mfu_nominal_peak" in r else "—"
+        ag = next((f"vs {k[len('agreement_with_'):]}: cosine min {v['cosine_min']:.5f}, top-k overlap "
+                   f"{v['topk_overlap_mean']:.3f}" for k, v in r.items() if k.startswith("agreement_with_")), "")
         out.append(f"| {r['model']} | {r['params'] / 1e6:.0f}M | {r['dtype']} | {r['attention_impl']} | "
                    f"{r['tokens_per_s']:,.0f} | {r['docs_per_s']:,.1f} | {r['padding_fraction']:.1%} | "
                    f"{r['precompile_seconds']:.1f} ({r['precompiled']}) | {r['useful_tflops_per_s']:.1f} | "
-                   f"{r['mfu_measured_peak']:.1%} of {r['measured_peak_tflops']:.0f} | {nominal} |")
+                   f"{r['mfu_measured_peak']:.1%} of {r['measured_peak_tflops']:.0f} | {nominal} | {ag} |")
     return "\n".join(out)
 
 
@@ -172,31 +213,40 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", choices=list(CONFIGS),
                    default=["smollm2-135m", "qwen3-0.6b", "llama-3.2-1b", "qwen3-1.7b"],
-                   help="model shapes (default: %(default)s)")
+                   help="model shapes, run in this order (default: %(default)s)")
     p.add_argument("--docs", type=int, default=4096, help="documents per model (default: %(default)s)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per document (default: %(default)s)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="parameter dtype (default: auto, bfloat16 on GPU/TPU)")
     p.add_argument("--attention-impl", choices=("xla", "fused"),
-                   help="attention kernel (default: fused on GPU in half precision, else xla)")
+                   help="attention kernel (default: the jobs' auto, fused on an NVIDIA GPU in half precision, else xla)")
+    p.add_argument("--compare-impls", action="store_true",
+                   help="also run the other attention kernel on the same documents: its speed and the "
+                        "agreement of the two outputs (dense cosine, top-k overlap)")
     p.add_argument("--batch-tokens", type=int, default=65536, help="padded tokens per batch (default: %(default)s)")
     p.add_argument("--vocab-chunk", type=int, default=16384, help="LM-head vocabulary chunk (default: %(default)s)")
     p.add_argument("--peak-size", type=int, default=8192, help="matmul size of the measured peak (default: %(default)s)")
     p.add_argument("--peak-tflops", type=float, help="the device's nominal dense peak in this dtype, for a "
                                                      "second MFU (H200 bf16: 989)")
-    p.add_argument("--output", help="write the rows as JSON here (and the table beside it as .md)")
+    p.add_argument("--budget-seconds", type=float,
+                   help="start no model after this many seconds (the rest are recorded as skipped)")
+    p.add_argument("--output", help="write the rows as JSON here after every model (and the table beside it as .md)")
     args = p.parse_args(argv)
-    rows = []
+    log(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
+    rows, peaks, t0 = [], {}, time.perf_counter()
     for name in args.models:
-        log(f"{name} ...")
-        rows.append(measure(name, args))
+        if args.budget_seconds and time.perf_counter() - t0 > args.budget_seconds:
+            rows.append({"model": name, "skipped": f"over --budget-seconds {args.budget_seconds:g}"})
+            continue
+        log(f"{name} ... ({time.perf_counter() - t0:.0f} s in)")
+        rows += measure(name, args, peaks)
         log(json.dumps(rows[-1]))
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Path(args.output).write_text(json.dumps(rows, indent=1))
             Path(args.output).with_suffix(".md").write_text(table(rows) + "\n")
     print(table(rows))
-    return 0
+    return 0 if all("error" not in r for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ LAYERS = [
     ("models", "pooling", "projection", "sharding", "distributed"),
     ("model", "flops"),
     ("loading",),
-    ("settings",),
+    ("settings", "compile_cache"),
     ("store",),
     ("pipeline",),
     ("retrieval", "analysis"),

@@ -179,3 +179,26 @@ def test_dtype_auto_is_bfloat16_on_accelerators_only(monkeypatch, tiny_folder, c
     assert resolve_dtype("auto", mesh) == "float32"     # the mesh's devices decide, not the default
     with pytest.raises(ValueError, match="dtype must be one of"):
         resolve_dtype("float16")
+
+
+def test_attention_impl_auto_is_fused_on_nvidia_gpus_in_half_precision(tiny_folder):
+    """``auto`` (the jobs' default): cuDNN's fused kernel where it runs, the einsums elsewhere."""
+    from types import SimpleNamespace
+
+    import keytok_jax
+
+    def device(platform, version=""):
+        return SimpleNamespace(platform=platform, client=SimpleNamespace(platform_version=version))
+
+    cuda, rocm, cpu = device("gpu", "PJRT C API\ncuda 13000"), device("gpu", "rocm 6.4"), device("cpu")
+    assert layers.resolve_attention_impl("auto", "bfloat16", cuda) == "fused"
+    assert layers.resolve_attention_impl("auto", jnp.float16, cuda) == "fused"
+    assert layers.resolve_attention_impl("auto", "float32", cuda) == "xla"      # cuDNN takes half only
+    assert layers.resolve_attention_impl("auto", "bfloat16", rocm) == "xla"
+    assert layers.resolve_attention_impl("auto", "bfloat16", cpu) == "xla"
+    assert layers.resolve_attention_impl("fused", "float32", cpu) == "fused"    # explicit choices kept
+    with pytest.raises(ValueError, match="attention impl must be one of"):
+        layers.resolve_attention_impl("flash", "bfloat16", cuda)
+    model = keytok_jax.load_model(str(tiny_folder))
+    assert keytok_jax.Embedder(model).attention_impl == "xla"                    # this CPU
+    assert keytok_jax.Embedder(model, attention_impl="fused").attention_impl == "fused"

@@ -95,12 +95,16 @@ def test_accelerator_benchmark_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "accelerator.py"), "--models", "tiny", "--docs", "40",
          "--max-length", "160", "--batch-tokens", "2048", "--vocab-chunk", "1024", "--peak-size", "256",
-         "--peak-tflops", "1", "--output", str(out)],
+         "--peak-tflops", "1", "--compare-impls", "--output", str(out)],
         check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (r,) = json.loads(out.read_text())
+    r, other = json.loads(out.read_text())
     assert r["dtype"] == "float32" and r["attention_impl"] == "xla"     # CPU defaults
     assert r["docs"] == 40 and r["run_compiles"] == 0 and r["precompiled"] >= 2
     assert 0 < r["mfu_measured_peak"] < 1 and 0 < r["mfu_nominal_peak"] < 1
     assert r["real_tokens"] > 40 * 16 and 0 <= r["padding_fraction"] < 0.5
+    # --compare-impls: the other kernel on the same documents, its outputs checked against the first
+    ag = other["agreement_with_xla"]
+    assert other["attention_impl"] == "fused" and other["real_tokens"] == r["real_tokens"]
+    assert ag["docs"] == 40 and ag["cosine_min"] > 0.99999 and ag["topk_overlap_min"] == 1.0
     assert out.with_suffix(".md").read_text().startswith("| model |")

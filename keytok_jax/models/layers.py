@@ -172,6 +172,18 @@ def check_attention_impl(impl: str) -> str:
     return impl
 
 
+def resolve_attention_impl(impl: str, dtype, device) -> str:
+    """``"auto"`` → ``"fused"`` where cuDNN's fused attention runs (an NVIDIA GPU and a bfloat16 or
+    float16 model: 1.14x the einsums' tokens/s for SmolLM2 on an H200, README), else ``"xla"``
+    (on CPU jax's version took 1.5-4.4x the einsums' time). Other values are checked and kept."""
+    if impl != "auto":
+        return check_attention_impl(impl)
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    cuda = device.platform in ("gpu", "cuda") and "rocm" not in str(
+        getattr(device.client, "platform_version", "")).lower()
+    return "fused" if half and cuda else "xla"
+
+
 def attend(q, k, v, mask, scale: float, softcap: float | None = None, causal: bool = False,
            block: int = ATTENTION_BLOCK, impl: str = "xla"):
     """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,1,T,S] → [B,T,H,hd].

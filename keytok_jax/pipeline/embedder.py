@@ -25,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from .. import sharding
@@ -32,6 +33,7 @@ from ..errors import KeytokError, SettingsError
 from ..loading import load_model
 from ..loading.st_folder import SentenceTransformerModules, declares_bidirectional, read_st_folder
 from ..model import KeytokModel
+from ..models.layers import resolve_attention_impl
 from ..pooling import POOLING_METHODS
 from ..records import FLAG_EMPTY, Batch, EmbedOutput, TokenizedDoc
 from ..settings import EmbedSettings
@@ -217,7 +219,9 @@ class Embedder:
     ties go to the lower token id; ``weighting`` maps logits to weights (``logit``; ``relu`` =
     max(logit, 0); ``log1p_relu`` = log(1 + max(logit, 0))).
 
-    ``attention_impl``: ``"xla"`` or ``"fused"`` (see :func:`keytok_jax.models.layers.attend`).
+    ``attention_impl``: ``"xla"``, ``"fused"`` (see :func:`keytok_jax.models.layers.attend`) or
+    ``"auto"``: fused on an NVIDIA GPU with a half-precision model, else xla
+    (:func:`~keytok_jax.models.layers.resolve_attention_impl`; the choice is ``self.attention_impl``).
     ``mesh`` (a ``jax.sharding.Mesh`` or ``"data=D,model=M"``; default: the model's own, else one
     device) shards the step as :mod:`keytok_jax.sharding` says: parameters by the rules, batches
     over ``data`` (rows per batch rounded up to a multiple of its size), the top-k over ``model``.
@@ -226,7 +230,7 @@ class Embedder:
     def __init__(self, model: KeytokModel, settings: EmbedSettings | None = None, *,
                  shift: Shift | None = None, correction_fit: CorrectionFit | None = None,
                  batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None,
-                 attention_impl: str = "xla"):
+                 attention_impl: str = "auto"):
         self.model = model
         self.requested = settings or EmbedSettings()
         self.settings, self.st_modules = follow_model(model, self.requested)
@@ -243,8 +247,10 @@ class Embedder:
         self.feed = feed_for(self.mesh)
         self.shapes = Shapes(batch_tokens, tuple(seq_buckets(self.settings.max_length)),
                              self.feed.data_size, self.feed.host_rows)
+        device = self.mesh.devices.flat[0] if self.mesh is not None else jax.devices()[0]
+        self.attention_impl = resolve_attention_impl(attention_impl, model.dtype, device)
         self.step = Step(model, self.settings, correction, vocab_chunk, self.feed, self.st_modules,
-                         attention_impl)
+                         self.attention_impl)
         self.correction_fit = correction_fit
         self.stats = RunStats()
 

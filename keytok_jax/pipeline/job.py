@@ -27,6 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from .. import sharding, store
+from ..compile_cache import enable_compile_cache
 from ..distributed import barrier, init_distributed
 from ..errors import CorpusError
 from ..loading import load_model
@@ -323,6 +324,7 @@ def run(job: JobSettings | dict) -> dict:
         job = JobSettings.from_options(job)
     check_job(job)
     t_start = time.perf_counter()
+    compile_cache = enable_compile_cache(job.speed.compile_cache)
     process, processes = start_processes(job.devices)
     lock = take_lock(job.output.output, process, processes)
     try:
@@ -332,6 +334,7 @@ def run(job: JobSettings | dict) -> dict:
             lock.release()
     if lock is not None and lock.taken_over:
         result["lock"] = lock.taken_over_message()
+    result["compile_cache"] = compile_cache
     return result
 
 

@@ -209,11 +209,12 @@ class OutputSettings:
 class SpeedSettings:
     batch_tokens: int = setting(8192, "padded tokens per device batch")
     vocab_chunk: int = setting(4096, "vocabulary rows per top-k step")
-    attention_impl: str = setting("xla", "attention kernel: xla (blocked einsums, the faster on "
-                                  "CPU) or fused (jax.nn.dot_product_attention: cuDNN fused "
-                                  "attention on GPU, with --dtype bfloat16); the same vectors up to "
-                                  "float rounding (tests/test_attention_impl.py)",
-                                  choices=ATTENTION_IMPLS)
+    attention_impl: str = setting("auto", "attention kernel: xla (blocked einsums, the faster on "
+                                  "CPU), fused (jax.nn.dot_product_attention: cuDNN fused "
+                                  "attention on GPU, which takes bfloat16) or auto (fused on an "
+                                  "NVIDIA GPU with a bfloat16 model, else xla); the same vectors up "
+                                  "to float rounding (tests/test_attention_impl.py)",
+                                  choices=("auto",) + ATTENTION_IMPLS)
     tokenize_workers: int | None = setting(
         None, "processes tokenizing ahead of the device (0: one thread of this process); "
         "default: a quarter of the cores, at most 8 (0 on 2 cores, where the device is the CPU)")
@@ -222,6 +223,11 @@ class SpeedSettings:
                                "batch, reported apart (precompile_seconds): on an accelerator the "
                                "run then never stalls to compile; on CPU it also compiles shapes "
                                "the corpus may not need")
+    compile_cache: str = setting("auto", "directory of JAX's persistent compilation cache: a rerun, "
+                                 "resume or next corpus on this machine loads the compiled batch "
+                                 "shapes instead of compiling them again (~10 s each on an H200); "
+                                 "auto: $KEYTOK_JAX_CACHE/xla (~/.cache/keytok_jax/xla) unless JAX "
+                                 "already has one configured; none: off", metavar="DIR|auto|none")
     no_progress: bool = setting(False, "no progress bar")
 
     def __post_init__(self):
