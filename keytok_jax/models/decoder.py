@@ -18,7 +18,8 @@ from .layers import Dtype, check_attention_impl, embed, positions_from_mask, rop
 
 
 class Block(nn.Module):
-    """One transformer block: ``(hidden, positions, valid, rope, layer) → (hidden, hidden|None)``."""
+    """One transformer block: ``(hidden, positions, segments, rope, layer) → (hidden, hidden|None)``
+    (``segments``: :func:`~keytok_jax.models.layers.positions_from_mask`'s)."""
     cfg: DecoderConfig
     dtype: Dtype = jnp.float32
     causal: bool = True
@@ -79,8 +80,8 @@ class Decoder(nn.Module):
         """Final hidden states [batch, seq, output_dim]; with ``all_layers`` also the residual stream
         ``[num_layers + 1, batch, seq, hidden]``: the embedding output, then each block's output."""
         cfg = self.cfg
-        valid = attention_mask.astype(bool)
-        positions = positions_from_mask(valid)
+        segments = attention_mask.astype(jnp.int32)    # 0/1, or texts packed per row (1, 2, ...)
+        positions = positions_from_mask(segments)
         hidden = self.embed_tokens(input_ids, positions)
         rope = None
         if cfg.rope is not None:
@@ -88,7 +89,7 @@ class Decoder(nn.Module):
             if cfg.local_rope is not None:
                 rope["local"] = rope_table(cfg.local_rope, positions)
         layer = {"window": jnp.asarray(np.asarray(cfg.windows, np.int32))}
-        out, per_layer = self.layers(hidden, positions, valid, rope, layer)
+        out, per_layer = self.layers(hidden, positions, segments, rope, layer)
         final = self.finish(out)
         if self.all_layers:
             return final, jnp.concatenate([hidden[None], per_layer], axis=0)

@@ -101,9 +101,20 @@ class LayerNorm(nn.Module):
 
 # ----------------------------------------------------------------------------- positions
 
-def positions_from_mask(valid):
-    """Position of each token counted from the first real token; padding gets 0 (never attended)."""
-    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+def positions_from_mask(segments):
+    """Position of each token counted from the first real token of its text; padding before
+    every text gets 0, padding after one continues its count (neither is ever attended).
+
+    ``segments [B, T]``: 0 for padding, else the number of the text the token belongs to; a
+    plain 0/1 attention mask is one text per row, and several numbers are texts packed into one
+    row (contiguous, each with its own positions from 0)."""
+    segments = segments.astype(jnp.int32)
+    valid = segments > 0
+    count = jnp.cumsum(valid.astype(jnp.int32), axis=1)                  # real tokens so far
+    before = jnp.pad(segments[:, :-1], ((0, 0), (1, 0)))
+    first = valid & (segments != before)                                 # a text's first token
+    start = jax.lax.cummax(jnp.where(first, count - 1, 0), axis=1)       # real tokens before it
+    return jnp.maximum(count - 1 - start, 0)
 
 
 def rope_inv_freq(rope: RopeConfig) -> np.ndarray:
@@ -145,14 +156,17 @@ def apply_rope(x, cos, sin):
 
 # ----------------------------------------------------------------------------- attention
 
-def attention_mask(positions, valid, causal: bool, window):
-    """Boolean [batch, 1, q, k]: key is real, and (causal) not in the future, and inside the window.
+def attention_mask(positions, segments, causal: bool, window):
+    """Boolean [batch, 1, q, k]: key is real and of the query's text, and (causal) not in the
+    future, and inside the window. ``segments`` as in :func:`positions_from_mask` (a padding
+    query may see any real key: its output is never read).
 
     ``window`` may be a traced per-layer scalar; 0 means full attention. Distances use positions,
     not indices, so left and right padding give the same masks for the real tokens.
     """
     diff = positions[:, :, None] - positions[:, None, :]
-    allowed = valid[:, None, :].astype(bool)
+    q_seg, k_seg = segments[:, :, None], segments[:, None, :]
+    allowed = (k_seg > 0) & ((q_seg == k_seg) | (q_seg == 0))
     if causal:
         allowed = allowed & (diff >= 0)
         in_window = diff < window
