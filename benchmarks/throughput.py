@@ -233,7 +233,8 @@ def run_keytok(model, settings, docs, args) -> tuple[dict, object]:
     from keytok_jax.pipeline import RunStats
 
     lengths = np.array([len(d.ids) for d in docs], np.int32)
-    emb = Embedder(model, settings, batch_tokens=args.batch_tokens, vocab_chunk=args.vocab_chunk)
+    emb = Embedder(model, settings, batch_tokens=args.batch_tokens, vocab_chunk=args.vocab_chunk,
+                   bucket_step=args.bucket_step)
     batches = keytok_batches(emb, lengths)
     t0 = time.perf_counter()
     if args.keytok_warmup == "pass":
@@ -260,7 +261,7 @@ def run_keytok(model, settings, docs, args) -> tuple[dict, object]:
         "warmup": args.keytok_warmup, "warmup_seconds": warm,
         "compiles": compile_stats[0], "compile_seconds": compile_stats[1],
         "timed_pass_compiles": st.compiles, "timed_pass_compile_seconds": st.compile_seconds,
-        "batch_tokens": args.batch_tokens, "vocab_chunk": args.vocab_chunk,
+        "batch_tokens": args.batch_tokens, "bucket_step": args.bucket_step, "vocab_chunk": args.vocab_chunk,
         "docs_per_s": len(docs) / seconds, "tokens_per_s": st.real_tokens / seconds,
         "padded_flops": padded, "padded_flops_per_s": padded / seconds,
     }
@@ -622,6 +623,7 @@ def main(argv=None) -> int:
                    help="baseline sweep (one size: no sweep); with --parts, the first part's best is kept")
     p.add_argument("--sweep-docs", type=int, default=32, help="documents of the baseline sweep")
     p.add_argument("--batch-tokens", type=int, default=8192, help="keytok token budget per batch")
+    p.add_argument("--bucket-step", type=int, default=32, help="keytok pads texts to multiples of this (up to 512)")
     p.add_argument("--vocab-chunk", type=int, default=4096, help="keytok top-k vocabulary chunk")
     p.add_argument("--keytok-warmup", choices=["compile", "pass"], default="compile")
     p.add_argument("--in-process", action="store_true", help="run the baseline in this process too")
@@ -662,6 +664,7 @@ def main(argv=None) -> int:
               "settings": settings.as_dict(), "max_length": settings.max_length, "dtype": args.dtype,
               "top_k": settings.top_k, "baseline_process": "in-process" if args.in_process else "child",
               "keytok_warmup": args.keytok_warmup, "batch_tokens": args.batch_tokens,
+              "bucket_step": args.bucket_step,
               "vocab_chunk": args.vocab_chunk, "batch_sizes": args.batch_sizes, "sweep_docs": args.sweep_docs,
               "peak_shapes": args.peak_shapes, "peak_reps": args.peak_reps, "parts": args.parts,
               "part_bounds": bounds}

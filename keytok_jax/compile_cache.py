@@ -8,8 +8,9 @@ options, jaxlib and the device, so an entry never serves another setup.
 
 ``"auto"`` (the jobs' default) is ``$KEYTOK_JAX_CACHE/xla`` (``~/.cache/keytok_jax/xla``) unless
 the process already configured a cache (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``), which
-it leaves alone; a directory sets it; ``"none"`` turns it off for the job. It must be set before
-the process's first compile to take effect (the CLI does so before loading the model).
+it leaves alone; a directory sets it; ``"none"`` sets none (a cache configured through JAX stays).
+It must be set before the process's first compile to take effect (the job does so before loading
+the model).
 """
 from __future__ import annotations
 

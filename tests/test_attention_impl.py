@@ -94,7 +94,7 @@ def test_attend_fused_equals_xla(side, causal, kv):
     pos = layers.positions_from_mask(valid)
     real = np.asarray(valid)
     for window in (0, 7):
-        mask = layers.attention_mask(pos, valid, causal, window)
+        mask = layers.attention_mask(pos, layers.text_mask(valid), causal, window)
         xla = np.asarray(layers.attend(q, k, v, mask, 0.3, causal=causal, impl="xla"))
         fused = np.asarray(layers.attend(q, k, v, mask, 0.3, causal=causal, impl="fused"))
         assert np.isfinite(fused).all()

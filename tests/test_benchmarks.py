@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/throughput.py and benchmarks/accelerator.py on tiny models (seconds, not
+"""Smoke tests of benchmarks/throughput.py, accelerator.py and compile_time.py on tiny models (seconds, not
 measurements)."""
 import json
 import subprocess
@@ -108,3 +108,19 @@ def test_accelerator_benchmark_smoke(tmp_path):
     assert other["attention_impl"] == "fused" and other["real_tokens"] == r["real_tokens"]
     assert ag["docs"] == 40 and ag["cosine_min"] > 0.99999 and ag["topk_overlap_min"] == 1.0
     assert out.with_suffix(".md").read_text().startswith("| model |")
+
+
+@pytest.mark.slow
+def test_compile_time_benchmark_smoke(tmp_path):
+    """benchmarks/compile_time.py with the tiny shape: three fresh processes (cache off, cold,
+    warm) compile the same shapes, and the warm one finds the cold one's entries."""
+    out = tmp_path / "compile.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compile_time.py"), "--model", "tiny", "--docs", "40",
+         "--max-length", "160", "--batch-tokens", "2048", "--output", str(out)],
+        check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["cache"] for r in rows] == ["off", "cold", "warm"]
+    assert len({r["precompiled"] for r in rows}) == 1 and rows[0]["precompiled"] >= 2
+    assert "| warm |" in proc.stdout

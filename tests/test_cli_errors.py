@@ -77,6 +77,9 @@ def test_bad_flags_are_one_line(capsys, corpus, tmp_path):
     assert embed_main(["--input", str(corpus), "--output", str(tmp_path / "s"), "--shard-size",
                        "0"]) == 2
     one_error(capsys, "--shard-size", "positive")
+    assert embed_main(["--input", str(corpus), "--output", str(tmp_path / "s"), "--bucket-step",
+                       "-8"]) == 2
+    one_error(capsys, "--bucket-step", "positive")
     assert spectral_main(["nope"]) == 2
     one_error(capsys, "invalid choice")
     assert list(tmp_path.iterdir()) == []

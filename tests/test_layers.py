@@ -20,7 +20,7 @@ def test_blocked_attention_equals_unblocked(causal, side):
     valid = idx < lengths[:, None] if side == "right" else idx >= t - lengths[:, None]
     pos = layers.positions_from_mask(jnp.asarray(valid))
     for window in (0, 37):
-        mask = layers.attention_mask(pos, jnp.asarray(valid), causal, window)
+        mask = layers.attention_mask(pos, layers.text_mask(jnp.asarray(valid)), causal, window)
         full = layers.attend(q, k, v, mask, 0.3, None, causal=causal, block=t)   # one block
         blocked = layers.attend(q, k, v, mask, 0.3, None, causal=causal, block=64)
         real = valid.astype(bool)

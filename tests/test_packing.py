@@ -34,7 +34,7 @@ def test_positions_restart_at_every_text():
     pos = np.asarray(layers.positions_from_mask(seg))
     np.testing.assert_array_equal(pos, [[0, 1, 0, 1, 2, 0, 0, 0], [0, 0, 0, 1, 2, 3, 4, 5],
                                         [0, 1, 2, 2, 2, 2, 2, 2]])   # plain masks: as before
-    mask = np.asarray(layers.attention_mask(pos, seg, True, 0))[:, 0]
+    mask = np.asarray(layers.attention_mask(pos, layers.text_mask(seg), True, 0))[:, 0]
     assert mask[0, 3].tolist() == [False, False, True, True, False, False, False, False]
     assert mask[0, 5].tolist() == [False] * 5 + [True, False, False]
 

@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import DecoderConfig
-from .layers import Dtype, check_attention_impl, embed, positions_from_mask, rope_table
+from .layers import Dtype, check_attention_impl, embed, positions_from_mask, rope_table, text_mask
 
 
 class Block(nn.Module):
-    """One transformer block: ``(hidden, positions, segments, rope, layer) → (hidden, hidden|None)``
-    (``segments``: :func:`~keytok_jax.models.layers.positions_from_mask`'s)."""
+    """One transformer block: ``(hidden, positions, texts, rope, layer) → (hidden, hidden|None)``
+    (``texts``: :func:`~keytok_jax.models.layers.text_mask`'s)."""
     cfg: DecoderConfig
     dtype: Dtype = jnp.float32
     causal: bool = True
@@ -89,7 +89,7 @@ class Decoder(nn.Module):
             if cfg.local_rope is not None:
                 rope["local"] = rope_table(cfg.local_rope, positions)
         layer = {"window": jnp.asarray(np.asarray(cfg.windows, np.int32))}
-        out, per_layer = self.layers(hidden, positions, segments, rope, layer)
+        out, per_layer = self.layers(hidden, positions, text_mask(segments), rope, layer)
         final = self.finish(out)
         if self.all_layers:
             return final, jnp.concatenate([hidden[None], per_layer], axis=0)

@@ -107,13 +107,13 @@ def config_from_hf(hf) -> DecoderConfig:
 
 class Gemma3Block(Block):
     @nn.compact
-    def __call__(self, hidden, positions, segments, rope, layer):
+    def __call__(self, hidden, positions, texts, rope, layer):
         cfg, dt = self.cfg, self.dtype
         window = layer["window"]
         if not self.causal:
             # transformers' bidirectional Gemma3: sliding layers see |q - k| < W // 2 + 1
             window = jnp.where(window > 0, window // 2 + 1, 0)
-        mask = attention_mask(positions, segments, self.causal, window)
+        mask = attention_mask(positions, texts, self.causal, window)
         h = RMSNorm(cfg.norm_eps, dt, gemma=True, name="attn_norm")(hidden)
         h = Attention(cfg, dt, causal=self.causal, impl=self.attention_impl, qk_norm=True,
                       name="attn")(h, mask, self.layer_rope(rope, layer))

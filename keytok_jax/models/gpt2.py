@@ -44,9 +44,9 @@ def config_from_hf(hf) -> DecoderConfig:
 
 class GPT2Block(Block):
     @nn.compact
-    def __call__(self, hidden, positions, segments, rope, layer):
+    def __call__(self, hidden, positions, texts, rope, layer):
         cfg, dt = self.cfg, self.dtype
-        mask = attention_mask(positions, segments, self.causal, layer["window"])
+        mask = attention_mask(positions, texts, self.causal, layer["window"])
         h = LayerNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
         hidden = hidden + Attention(cfg, dt, causal=self.causal, impl=self.attention_impl, name="attn")(h, mask)
         h = LayerNorm(cfg.norm_eps, dt, name="mlp_norm")(hidden)

@@ -36,9 +36,9 @@ def config_from_hf(hf) -> DecoderConfig:
 
 class GPTNeoXBlock(Block):
     @nn.compact
-    def __call__(self, hidden, positions, segments, rope, layer):
+    def __call__(self, hidden, positions, texts, rope, layer):
         cfg, dt = self.cfg, self.dtype
-        mask = attention_mask(positions, segments, self.causal, layer["window"])
+        mask = attention_mask(positions, texts, self.causal, layer["window"])
         attn_out = Attention(cfg, dt, causal=self.causal, impl=self.attention_impl, name="attn")(
             LayerNorm(cfg.norm_eps, dt, name="attn_norm")(hidden), mask, self.layer_rope(rope, layer))
         mlp_norm = LayerNorm(cfg.norm_eps, dt, name="mlp_norm")

@@ -156,17 +156,25 @@ def apply_rope(x, cos, sin):
 
 # ----------------------------------------------------------------------------- attention
 
-def attention_mask(positions, segments, causal: bool, window):
-    """Boolean [batch, 1, q, k]: key is real and of the query's text, and (causal) not in the
-    future, and inside the window. ``segments`` as in :func:`positions_from_mask` (a padding
-    query may see any real key: its output is never read).
+def text_mask(segments):
+    """Boolean [batch, q, k]: the key is real and of the query's text. ``segments`` as in
+    :func:`positions_from_mask`. A padding query takes the text before it (the first text when
+    none is): its output is never read, but it needs a real key to attend to, as under a plain
+    padding mask. One comparison per query-key pair, computed once outside the scan over layers."""
+    segments = segments.astype(jnp.int32)
+    query_text = jnp.maximum(jax.lax.cummax(segments, axis=1), 1)
+    return segments[:, None, :] == query_text[:, :, None]
+
+
+def attention_mask(positions, texts, causal: bool, window):
+    """Boolean [batch, 1, q, k]: ``texts`` (:func:`text_mask`'s) and (causal) the key not in the
+    future, and inside the window.
 
     ``window`` may be a traced per-layer scalar; 0 means full attention. Distances use positions,
     not indices, so left and right padding give the same masks for the real tokens.
     """
     diff = positions[:, :, None] - positions[:, None, :]
-    q_seg, k_seg = segments[:, :, None], segments[:, None, :]
-    allowed = (k_seg > 0) & ((q_seg == k_seg) | (q_seg == 0))
+    allowed = texts
     if causal:
         allowed = allowed & (diff >= 0)
         in_window = diff < window

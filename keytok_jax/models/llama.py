@@ -64,13 +64,13 @@ class LlamaBlock(Block):
     qk_norm = False   # Qwen3: per-head q/k RMSNorm (plain w, not Gemma's 1 + w) before RoPE
 
     @nn.compact
-    def __call__(self, hidden, positions, segments, rope, layer):
+    def __call__(self, hidden, positions, texts, rope, layer):
         cfg, dt = self.cfg, self.dtype
         window = layer["window"]
         if not self.causal:
             # transformers' bidirectional sliding mask (config is_causal=False): |q - k| <= W
             window = jnp.where(window > 0, window + 1, 0)
-        mask = attention_mask(positions, segments, self.causal, window)
+        mask = attention_mask(positions, texts, self.causal, window)
         h = RMSNorm(cfg.norm_eps, dt, name="attn_norm")(hidden)
         attn = Attention(cfg, dt, causal=self.causal, impl=self.attention_impl,
                          qk_norm=self.qk_norm, qk_norm_gemma=False, name="attn")

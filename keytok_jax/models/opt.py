@@ -43,9 +43,9 @@ def config_from_hf(hf) -> DecoderConfig:
 
 class OPTBlock(Block):
     @nn.compact
-    def __call__(self, hidden, positions, segments, rope, layer):
+    def __call__(self, hidden, positions, texts, rope, layer):
         cfg, dt = self.cfg, self.dtype
-        mask = attention_mask(positions, segments, self.causal, layer["window"])
+        mask = attention_mask(positions, texts, self.causal, layer["window"])
         attn_norm = LayerNorm(cfg.norm_eps, dt, affine=cfg.norm_affine, name="attn_norm")
         mlp_norm = LayerNorm(cfg.norm_eps, dt, affine=cfg.norm_affine, name="mlp_norm")
         attn = Attention(cfg, dt, causal=self.causal, impl=self.attention_impl, name="attn")

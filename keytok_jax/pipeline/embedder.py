@@ -222,6 +222,8 @@ class Embedder:
     ``attention_impl``: ``"xla"``, ``"fused"`` (see :func:`keytok_jax.models.layers.attend`) or
     ``"auto"``: fused on an NVIDIA GPU with a half-precision model, else xla
     (:func:`~keytok_jax.models.layers.resolve_attention_impl`; the choice is ``self.attention_impl``).
+    ``batch_tokens`` and ``bucket_step`` shape the batches (:func:`~.plan.seq_buckets`): texts are
+    padded to a multiple of ``bucket_step`` and batched ``batch_tokens`` padded tokens at a time.
     ``mesh`` (a ``jax.sharding.Mesh`` or ``"data=D,model=M"``; default: the model's own, else one
     device) shards the step as :mod:`keytok_jax.sharding` says: parameters by the rules, batches
     over ``data`` (rows per batch rounded up to a multiple of its size), the top-k over ``model``.
@@ -230,7 +232,7 @@ class Embedder:
     def __init__(self, model: KeytokModel, settings: EmbedSettings | None = None, *,
                  shift: Shift | None = None, correction_fit: CorrectionFit | None = None,
                  batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None,
-                 attention_impl: str = "auto"):
+                 attention_impl: str = "auto", bucket_step: int = 32):
         self.model = model
         self.requested = settings or EmbedSettings()
         self.settings, self.st_modules = follow_model(model, self.requested)
@@ -245,7 +247,7 @@ class Embedder:
         self.doc_tokenizer = self._new_tokenizer(self.settings.template())
         self.mesh = sharding.parse_mesh(mesh) if mesh is not None else model.mesh
         self.feed = feed_for(self.mesh)
-        self.shapes = Shapes(batch_tokens, tuple(seq_buckets(self.settings.max_length)),
+        self.shapes = Shapes(batch_tokens, tuple(seq_buckets(self.settings.max_length, bucket_step)),
                              self.feed.data_size, self.feed.host_rows)
         device = self.mesh.devices.flat[0] if self.mesh is not None else jax.devices()[0]
         self.attention_impl = resolve_attention_impl(attention_impl, model.dtype, device)
@@ -284,7 +286,8 @@ class Embedder:
                         shift: Shift | str | None = None,
                         correction_fit: CorrectionFit | str | None = None,
                         batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None,
-                        lm_head: str | None = None, **settings) -> "Embedder":
+                        lm_head: str | None = None, attention_impl: str = "auto",
+                        bucket_step: int = 32, **settings) -> "Embedder":
         """``Embedder.from_pretrained("smollm2-135m", pooling="mean", prompt=..., instruction=...,
         attention="causal", max_length=512, top_k=64, weighting="relu", correction="pc1",
         correction_fit="fit.json", mesh="data=4,model=2")``; ``lm_head`` borrows the head of a
@@ -296,7 +299,8 @@ class Embedder:
         if isinstance(correction_fit, (str, Path)):
             correction_fit = CorrectionFit.load(correction_fit)
         return cls(model, EmbedSettings(**settings), shift=shift, correction_fit=correction_fit,
-                   batch_tokens=batch_tokens, vocab_chunk=vocab_chunk, mesh=mesh)
+                   batch_tokens=batch_tokens, vocab_chunk=vocab_chunk, mesh=mesh,
+                   attention_impl=attention_impl, bucket_step=bucket_step)
 
     # ------------------------------------------------------------------ stages
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedDoc]:
@@ -308,9 +312,11 @@ class Embedder:
     def rows_for(self, seq: int, remaining: int | None = None) -> int:
         return self.shapes.rows_for(seq, remaining)
 
-    def executable(self, rows: int, seq: int):
-        """The compiled step for ``[rows, seq]`` batches (for measurements)."""
-        return self.step.executable(rows, seq, self.stats, literal_width([], seq, self.settings.top_k))
+    def executable(self, rows: int, seq: int, stats: RunStats | None = None):
+        """The compiled step for ``[rows, seq]`` batches, texts with the default literal width
+        (counted in ``stats``, default :attr:`stats`)."""
+        return self.step.executable(rows, seq, self.stats if stats is None else stats,
+                                    literal_width([], seq, self.settings.top_k))
 
     def batch_shapes(self, lengths=None) -> list[tuple[int, int]]:
         """``(rows, seq)`` of the batches of the plan for texts of ``lengths``; without them,
@@ -323,11 +329,12 @@ class Embedder:
         """Compile the step for every shape of :meth:`batch_shapes` before the first batch (on an
         accelerator, compiling on first use stalls the device mid-run; ahead of time, the run
         compiles nothing). Not counted in :attr:`stats`: returns ``{"precompiled": n,
-        "precompile_seconds": s}``."""
+        "precompile_seconds": s}``. One shape at a time: compiling two at once in threads took as
+        long (18.8 s against 18.3 s for SmolLM2's 11 shapes on 2 CPU cores; README)."""
         t0 = time.perf_counter()
         shapes = self.batch_shapes(lengths)
         for rows, seq in shapes:
-            self.step.executable(rows, seq, None, literal_width([], seq, self.settings.top_k))
+            self.executable(rows, seq, stats=RunStats())
         return {"precompiled": len(shapes), "precompile_seconds": round(time.perf_counter() - t0, 2)}
 
     # ------------------------------------------------------------------ host loop

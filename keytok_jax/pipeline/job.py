@@ -345,7 +345,8 @@ def _run_locked(job: JobSettings, process: int, processes: int, t_start: float) 
     if shift is not None:
         shift.check_model(model, job.model.shift)
     embedder = Embedder(model, job.embed, shift=shift, batch_tokens=job.speed.batch_tokens,
-                        vocab_chunk=job.speed.vocab_chunk, attention_impl=job.speed.attention_impl)
+                        vocab_chunk=job.speed.vocab_chunk, attention_impl=job.speed.attention_impl,
+                        bucket_step=job.speed.bucket_step)
     precompiled = embedder.precompile() if job.speed.precompile else {}
     schedule = shard_schedule(embedder.mesh, process, processes)
     source = input_source(job.input.input)

@@ -81,6 +81,7 @@ def _check_fit(job: JobSettings) -> None:
 
 def _check_numbers(job: JobSettings) -> None:
     positive = {"--shard-size": job.output.shard_size, "--batch-tokens": job.speed.batch_tokens,
+                "--bucket-step": job.speed.bucket_step,
                 "--vocab-chunk": job.speed.vocab_chunk, "--limit": job.input.limit,
                 "--matryoshka-dim": job.embed.matryoshka_dim}
     for flag, value in positive.items():

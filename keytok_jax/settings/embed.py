@@ -208,6 +208,9 @@ class OutputSettings:
 @dataclass(frozen=True)
 class SpeedSettings:
     batch_tokens: int = setting(8192, "padded tokens per device batch")
+    bucket_step: int = setting(32, "texts are padded to a multiple of this many tokens (up to "
+                               "512): smaller pads less but compiles more batch shapes; with a "
+                               "smaller --batch-tokens it suits a CPU (README, Performance)")
     vocab_chunk: int = setting(4096, "vocabulary rows per top-k step")
     attention_impl: str = setting("auto", "attention kernel: xla (blocked einsums, the faster on "
                                   "CPU), fused (jax.nn.dot_product_attention: cuDNN fused "
@@ -227,7 +230,7 @@ class SpeedSettings:
                                  "resume or next corpus on this machine loads the compiled batch "
                                  "shapes instead of compiling them again (~10 s each on an H200); "
                                  "auto: $KEYTOK_JAX_CACHE/xla (~/.cache/keytok_jax/xla) unless JAX "
-                                 "already has one configured; none: off", metavar="DIR|auto|none")
+                                 "already has one configured; none: the job sets none", metavar="DIR|auto|none")
     no_progress: bool = setting(False, "no progress bar")
 
     def __post_init__(self):
