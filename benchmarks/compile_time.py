@@ -35,8 +35,9 @@ def child(args) -> dict:
     model = random_model(args.model, resolve_dtype("auto"))
     emb = Embedder(model, EmbedSettings(pooling="last", prompt="none", max_length=args.max_length,
                                         top_k=64, correction="none", doc_tokens="aligned"),
-                   batch_tokens=args.batch_tokens)
-    return {"cache": state, **emb.precompile(doc_lengths(args.docs, args.max_length))}
+                   batch_tokens=args.batch_tokens, bucket_step=args.bucket_step)
+    return {"cache": state, "batch_tokens": emb.batch_tokens, "bucket_step": emb.bucket_step,
+            **emb.precompile(doc_lengths(args.docs, args.max_length))}
 
 
 def run(argv: list[str]) -> dict:
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m", help="a shape of benchmarks/accelerator.py (default: %(default)s)")
     p.add_argument("--docs", type=int, default=400, help="documents whose plan sets the shapes (default: %(default)s)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per document (default: %(default)s)")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default: the device's, as the embed job's)")
+    p.add_argument("--bucket-step", type=int, help="texts padded to multiples of this (default: the device's)")
     p.add_argument("--output", help="write the rows as JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
@@ -59,8 +61,9 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(child(args)))
         return 0
-    base = ["--model", args.model, "--docs", str(args.docs), "--max-length", str(args.max_length),
-            "--batch-tokens", str(args.batch_tokens)]
+    base = ["--model", args.model, "--docs", str(args.docs), "--max-length", str(args.max_length)]
+    base += [arg for flag, value in (("--batch-tokens", args.batch_tokens), ("--bucket-step", args.bucket_step))
+             if value is not None for arg in (flag, str(value))]
     rows = [run(base)]
     with tempfile.TemporaryDirectory() as cache:
         rows += [run(base + ["--cache", cache]) for _ in range(2)]

@@ -261,7 +261,7 @@ def run_keytok(model, settings, docs, args) -> tuple[dict, object]:
         "warmup": args.keytok_warmup, "warmup_seconds": warm,
         "compiles": compile_stats[0], "compile_seconds": compile_stats[1],
         "timed_pass_compiles": st.compiles, "timed_pass_compile_seconds": st.compile_seconds,
-        "batch_tokens": args.batch_tokens, "bucket_step": args.bucket_step, "vocab_chunk": args.vocab_chunk,
+        "batch_tokens": emb.batch_tokens, "bucket_step": emb.bucket_step, "vocab_chunk": args.vocab_chunk,
         "docs_per_s": len(docs) / seconds, "tokens_per_s": st.real_tokens / seconds,
         "padded_flops": padded, "padded_flops_per_s": padded / seconds,
     }
@@ -622,8 +622,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", default="4,8,16,32",
                    help="baseline sweep (one size: no sweep); with --parts, the first part's best is kept")
     p.add_argument("--sweep-docs", type=int, default=32, help="documents of the baseline sweep")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="keytok token budget per batch")
-    p.add_argument("--bucket-step", type=int, default=32, help="keytok pads texts to multiples of this (up to 512)")
+    p.add_argument("--batch-tokens", type=int, help="keytok token budget per batch (default: the device's, "
+                   "as the embed job's)")
+    p.add_argument("--bucket-step", type=int, help="keytok pads texts to multiples of this, up to 512 "
+                   "(default: the device's, as the embed job's)")
     p.add_argument("--vocab-chunk", type=int, default=4096, help="keytok top-k vocabulary chunk")
     p.add_argument("--keytok-warmup", choices=["compile", "pass"], default="compile")
     p.add_argument("--in-process", action="store_true", help="run the baseline in this process too")

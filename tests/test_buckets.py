@@ -31,9 +31,27 @@ def test_finer_buckets_pad_less_and_write_the_same_store(tiny_folder, capsys, tm
     rc, err, fine = run(corpus, tmp_path / "fine", "--bucket-step", "4")
     assert rc == 0, err
     assert fine["padded_tokens"] < coarse["padded_tokens"], (fine, coarse)
+    assert (coarse["batch_tokens"], coarse["bucket_step"]) == (512, 16)   # the CPU's step, reported
+    assert fine["bucket_step"] == 4
     a, b = store_lib.open(tmp_path / "coarse"), store_lib.open(tmp_path / "fine")
     np.testing.assert_array_equal(np.asarray(a.token_ids.read().result()), np.asarray(b.token_ids.read().result()))
     np.testing.assert_allclose(np.asarray(a.token_weights.read().result()),
                                np.asarray(b.token_weights.read().result()), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(a.dense.read().result()), np.asarray(b.dense.read().result()),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_batching_defaults_follow_the_device(tiny_folder):
+    """On CPU the embedder takes the CPU's batching (small batches, finer buckets); an explicit
+    value wins; an accelerator gets big batches (its platform name is all that decides)."""
+    import keytok_jax
+    from keytok_jax.pipeline import plan
+
+    model = keytok_jax.load_model(str(tiny_folder))
+    emb = keytok_jax.Embedder(model)
+    assert (emb.batch_tokens, emb.bucket_step) == plan.BATCHING["cpu"]
+    assert emb.shapes.buckets[:2] == (plan.BATCHING["cpu"][1], 2 * plan.BATCHING["cpu"][1])
+    emb = keytok_jax.Embedder(model, batch_tokens=4096, bucket_step=64)
+    assert (emb.batch_tokens, emb.bucket_step) == (4096, 64) and emb.shapes.batch_tokens == 4096
+    assert plan.default_batching("gpu") == plan.default_batching("tpu") == plan.BATCHING["accelerator"]
+    assert plan.BATCHING["accelerator"] == (8192, 32)

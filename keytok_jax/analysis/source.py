@@ -45,7 +45,7 @@ class Source:
     def __init__(self, *, store=None, texts=None, model=None, settings: dict | None = None,
                  text_format: str = "auto", min_score=None, gold=None, sts_cleanup: bool = True,
                  id_field: str = "_id", text_fields=("title", "text"), limit: int | None = None,
-                 batch_rows: int = 512, dtype: str = "float32", batch_tokens: int = 8192,
+                 batch_rows: int = 512, dtype: str = "float32", batch_tokens: int | None = None,
                  texts_for_store=None):
         if (store is None) == (texts is None):
             raise SettingsError("give exactly one of store= and texts=")

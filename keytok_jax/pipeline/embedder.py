@@ -39,7 +39,7 @@ from ..records import FLAG_EMPTY, Batch, EmbedOutput, TokenizedDoc
 from ..settings import EmbedSettings
 from .correction import CorrectionFit, Moments, Shift, correction_vectors, model_hash
 from .lockstep import feed_for
-from .plan import Shapes, literal_width, pad_batch, pad_literal, seq_buckets
+from .plan import Shapes, default_batching, literal_width, pad_batch, pad_literal, seq_buckets
 from .step import RunStats, Step
 from .literal import LiteralTokens
 from .tokenize import DocTokenizer
@@ -223,7 +223,9 @@ class Embedder:
     ``"auto"``: fused on an NVIDIA GPU with a half-precision model, else xla
     (:func:`~keytok_jax.models.layers.resolve_attention_impl`; the choice is ``self.attention_impl``).
     ``batch_tokens`` and ``bucket_step`` shape the batches (:func:`~.plan.seq_buckets`): texts are
-    padded to a multiple of ``bucket_step`` and batched ``batch_tokens`` padded tokens at a time.
+    padded to a multiple of ``bucket_step`` and batched ``batch_tokens`` padded tokens at a time;
+    by default :data:`~.plan.BATCHING`'s for the device (8192 and 32 on GPU/TPU, 1024 and 16 on
+    CPU).
     ``mesh`` (a ``jax.sharding.Mesh`` or ``"data=D,model=M"``; default: the model's own, else one
     device) shards the step as :mod:`keytok_jax.sharding` says: parameters by the rules, batches
     over ``data`` (rows per batch rounded up to a multiple of its size), the top-k over ``model``.
@@ -231,15 +233,15 @@ class Embedder:
 
     def __init__(self, model: KeytokModel, settings: EmbedSettings | None = None, *,
                  shift: Shift | None = None, correction_fit: CorrectionFit | None = None,
-                 batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None,
-                 attention_impl: str = "auto", bucket_step: int = 32):
+                 batch_tokens: int | None = None, vocab_chunk: int = 4096, mesh=None,
+                 attention_impl: str = "auto", bucket_step: int | None = None):
         self.model = model
         self.requested = settings or EmbedSettings()
         self.settings, self.st_modules = follow_model(model, self.requested)
         self.output_dim = (self.st_modules.output_dim(model.config.output_dim) if self.st_modules
                            else model.config.output_dim)
         _check(model, self.settings, self.output_dim)
-        self.shift, self.batch_tokens, self.vocab_chunk = shift, batch_tokens, vocab_chunk
+        self.shift, self.vocab_chunk = shift, vocab_chunk
         self.correction_fit = None
         # checked now (a missing fit is allowed until the first text is embedded)
         correction = self._correction_vectors(correction_fit, allow_missing=True)
@@ -247,9 +249,12 @@ class Embedder:
         self.doc_tokenizer = self._new_tokenizer(self.settings.template())
         self.mesh = sharding.parse_mesh(mesh) if mesh is not None else model.mesh
         self.feed = feed_for(self.mesh)
-        self.shapes = Shapes(batch_tokens, tuple(seq_buckets(self.settings.max_length, bucket_step)),
-                             self.feed.data_size, self.feed.host_rows)
         device = self.mesh.devices.flat[0] if self.mesh is not None else jax.devices()[0]
+        default_tokens, default_step = default_batching(device.platform)
+        self.batch_tokens = default_tokens if batch_tokens is None else batch_tokens
+        self.bucket_step = default_step if bucket_step is None else bucket_step
+        self.shapes = Shapes(self.batch_tokens, tuple(seq_buckets(self.settings.max_length, self.bucket_step)),
+                             self.feed.data_size, self.feed.host_rows)
         self.attention_impl = resolve_attention_impl(attention_impl, model.dtype, device)
         self.step = Step(model, self.settings, correction, vocab_chunk, self.feed, self.st_modules,
                          self.attention_impl)
@@ -285,9 +290,9 @@ class Embedder:
     def from_pretrained(cls, model: str | KeytokModel = "smollm2-135m", *, dtype: str = "auto",
                         shift: Shift | str | None = None,
                         correction_fit: CorrectionFit | str | None = None,
-                        batch_tokens: int = 8192, vocab_chunk: int = 4096, mesh=None,
+                        batch_tokens: int | None = None, vocab_chunk: int = 4096, mesh=None,
                         lm_head: str | None = None, attention_impl: str = "auto",
-                        bucket_step: int = 32, **settings) -> "Embedder":
+                        bucket_step: int | None = None, **settings) -> "Embedder":
         """``Embedder.from_pretrained("smollm2-135m", pooling="mean", prompt=..., instruction=...,
         attention="causal", max_length=512, top_k=64, weighting="relu", correction="pc1",
         correction_fit="fit.json", mesh="data=4,model=2")``; ``lm_head`` borrows the head of a

@@ -303,6 +303,7 @@ def summary(output, embedder: Embedder, manifest: dict, num_shards: int, tally: 
         "docs_embedded": tally.embedded_docs,
         "real_tokens": st.real_tokens, "padded_tokens": st.padded_tokens,
         "padding_fraction": round(st.padding_fraction, 4),
+        "batch_tokens": embedder.batch_tokens, "bucket_step": embedder.bucket_step,
         "truncated": counters["truncated"], "empty": counters["empty"],
         "replaced_utf8": counters["replaced"],
         "rejected": corpus.stats.rejected, "compiles": st.compiles,

@@ -53,7 +53,7 @@ _S = SearchSettings()
 
 
 def embedder_for_store(store, *, model=None, shift=None, instruction: str | None = None,
-                       prompt_name: str | None = None, batch_tokens: int = 8192,
+                       prompt_name: str | None = None, batch_tokens: int | None = None,
                        mesh=None) -> Embedder:
     """An :class:`~keytok_jax.pipeline.Embedder` with the store's model and settings (what
     ``encode``, ``expand`` and ``dense`` queries need). ``instruction`` replaces the store's

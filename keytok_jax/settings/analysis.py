@@ -94,7 +94,8 @@ class RunSettings:
     dtype: str = setting("float32", "model parameter dtype when embedding texts",
                          choices=("float32", "bfloat16"))
     batch_rows: int = setting(512, "texts (or store rows) per batch; bounds memory")
-    batch_tokens: int = setting(8192, "padded tokens per device batch when embedding")
+    batch_tokens: int | None = setting(None, "padded tokens per device batch when embedding "
+                                       "(default: 8192 on GPU/TPU, 1024 on CPU)")
     store_texts: str | None = setting(None, "texts of a store, when its recorded input moved "
                                       "(same order)")
     no_plots: bool = setting(False, "write no PNG plots")

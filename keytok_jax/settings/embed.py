@@ -207,10 +207,11 @@ class OutputSettings:
 
 @dataclass(frozen=True)
 class SpeedSettings:
-    batch_tokens: int = setting(8192, "padded tokens per device batch")
-    bucket_step: int = setting(32, "texts are padded to a multiple of this many tokens (up to "
-                               "512): smaller pads less but compiles more batch shapes; with a "
-                               "smaller --batch-tokens it suits a CPU (README, Performance)")
+    batch_tokens: int | None = setting(None, "padded tokens per device batch (default: 8192 on "
+                                       "GPU/TPU, 1024 on CPU, where small batches run faster)")
+    bucket_step: int | None = setting(None, "texts are padded to a multiple of this many tokens "
+                                      "(up to 512): smaller pads less but compiles more batch "
+                                      "shapes (default: 32 on GPU/TPU, 16 on CPU)")
     vocab_chunk: int = setting(4096, "vocabulary rows per top-k step")
     attention_impl: str = setting("auto", "attention kernel: xla (blocked einsums, the faster on "
                                   "CPU), fused (jax.nn.dot_product_attention: cuDNN fused "
