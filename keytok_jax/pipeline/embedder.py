@@ -253,8 +253,8 @@ class Embedder:
         default_tokens, default_step = default_batching(device.platform)
         self.batch_tokens = default_tokens if batch_tokens is None else batch_tokens
         self.bucket_step = default_step if bucket_step is None else bucket_step
-        self.shapes = Shapes(self.batch_tokens, tuple(seq_buckets(self.settings.max_length, self.bucket_step)),
-                             self.feed.data_size, self.feed.host_rows)
+        buckets = seq_buckets(self.settings.max_length, self.bucket_step)
+        self.shapes = Shapes(self.batch_tokens, tuple(buckets), self.feed.data_size, self.feed.host_rows)
         self.attention_impl = resolve_attention_impl(attention_impl, model.dtype, device)
         self.step = Step(model, self.settings, correction, vocab_chunk, self.feed, self.st_modules,
                          self.attention_impl)

@@ -208,7 +208,7 @@ class OutputSettings:
 @dataclass(frozen=True)
 class SpeedSettings:
     batch_tokens: int | None = setting(None, "padded tokens per device batch (default: 8192 on "
-                                       "GPU/TPU, 1024 on CPU, where small batches run faster)")
+                                       "GPU/TPU, 1024 on CPU, where smaller batches pad less)")
     bucket_step: int | None = setting(None, "texts are padded to a multiple of this many tokens "
                                       "(up to 512): smaller pads less but compiles more batch "
                                       "shapes (default: 32 on GPU/TPU, 16 on CPU)")
