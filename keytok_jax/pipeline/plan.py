@@ -39,8 +39,8 @@ def seq_buckets(max_length: int, step: int = 32) -> list[int]:
 # (batch_tokens, bucket_step) by device kind. Accelerators want big batches and few compiled
 # shapes. On the 2-core CPU the compute is the device and compiled shapes are cheap, so padding
 # decides: 1,024-token batches in steps of 16 padded 2.4% of SciFact's first 400 texts (27
-# shapes) against 8,192/32's 7.6% (10 shapes); 0.88-1.04x transformers in two runs against
-# 0.83x (benchmarks/throughput.py; README, Performance).
+# shapes) against 8,192/32's 7.6% (10 shapes); 0.86-1.04x transformers in three runs against
+# 0.83x the same day (benchmarks/throughput.py; README, Performance).
 BATCHING = {"accelerator": (8192, 32), "cpu": (1024, 16)}
 
 
