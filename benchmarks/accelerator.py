@@ -131,11 +131,15 @@ def matmul_peak(dtype: str, size: int, reps: int = 3, chain: int = 10) -> float:
     return 2 * size ** 3 / best
 
 
+def bench_settings(max_length: int) -> EmbedSettings:
+    """Last-token pooling of the raw ids (no prompt, no correction), top-64 of the whole vocabulary."""
+    return EmbedSettings(pooling="last", prompt="none", max_length=max_length, top_k=64,
+                         correction="none", doc_tokens="aligned")
+
+
 def timed_pass(model: KeytokModel, impl: str, docs, lengths, args) -> tuple[dict, EmbedOutput]:
     """Precompile every shape of the plan, run the programs once untimed, then time one pass."""
-    settings = EmbedSettings(pooling="last", prompt="none", max_length=args.max_length, top_k=64,
-                             correction="none", doc_tokens="aligned")
-    emb = Embedder(model, settings, batch_tokens=args.batch_tokens, vocab_chunk=args.vocab_chunk,
+    emb = Embedder(model, bench_settings(args.max_length), batch_tokens=args.batch_tokens, vocab_chunk=args.vocab_chunk,
                    attention_impl=impl)
     pre = emb.precompile(lengths)
     emb.embed_tokenized(docs[: min(len(docs), 8)])          # first runs of the programs, untimed

@@ -23,19 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(args) -> dict:
     """One measurement in this process: load, plan, precompile."""
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-    from accelerator import doc_lengths, random_model
+    from accelerator import bench_settings, doc_lengths, random_model
 
     from keytok_jax.compile_cache import enable_compile_cache
     from keytok_jax.loading import resolve_dtype
     from keytok_jax.pipeline import Embedder
-    from keytok_jax.settings import EmbedSettings
 
     state = "off" if not args.cache else ("warm" if any(Path(args.cache).iterdir()) else "cold")
     enable_compile_cache(args.cache or "none")
     model = random_model(args.model, resolve_dtype("auto"))
-    emb = Embedder(model, EmbedSettings(pooling="last", prompt="none", max_length=args.max_length,
-                                        top_k=64, correction="none", doc_tokens="aligned"),
-                   batch_tokens=args.batch_tokens, bucket_step=args.bucket_step)
+    emb = Embedder(model, bench_settings(args.max_length), batch_tokens=args.batch_tokens,
+                   bucket_step=args.bucket_step)
     return {"cache": state, "batch_tokens": emb.batch_tokens, "bucket_step": emb.bucket_step,
             **emb.precompile(doc_lengths(args.docs, args.max_length))}
 
